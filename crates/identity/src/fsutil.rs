@@ -1,0 +1,344 @@
+//! File rules: atomic writes and OpenSSH-style ownership/permission checks.
+//!
+//! Atomic write: a temp file created `0600` with `O_EXCL` in the same
+//! directory, written, fsynced, renamed over the target, and the directory
+//! fsynced, so a power cut leaves the old file or the new one, never half.
+//!
+//! Checks return every problem found, each naming the path, what is wrong
+//! and the exact command that fixes it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use rand::RngCore;
+
+use crate::error::IdentityError;
+
+/// Largest file we will read as a key or certificate; anything bigger is not
+/// one of ours and is refused rather than read into memory.
+pub const MAX_IDENTITY_FILE: u64 = 64 * 1024;
+
+/// Writes `data` to `path` atomically with mode `mode`.
+pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let mut suffix = [0u8; 6];
+    rand::rng().fill_bytes(&mut suffix);
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{name}.tmp.{suffix}"));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true) // O_CREAT | O_EXCL
+            .mode(0o600)
+            .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
+            .open(&tmp)
+            .map_err(|e| IdentityError::io(&tmp, "create temp file", e))?;
+        f.write_all(data)
+            .map_err(|e| IdentityError::io(&tmp, "write", e))?;
+        if mode != 0o600 {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| IdentityError::io(&tmp, "chmod", e))?;
+        }
+        f.sync_all()
+            .map_err(|e| IdentityError::io(&tmp, "fsync", e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| IdentityError::io(path, "rename into place", e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| IdentityError::io(dir, "fsync directory", e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes leftover `.NAME.tmp.*` files from an interrupted atomic write.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with('.') && n.contains(".tmp.") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Creates `dir` (and parents) if missing, the last component with mode 0700.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| IdentityError::io(dir, "create directory", e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| IdentityError::io(dir, "chmod", e))?;
+    }
+    Ok(())
+}
+
+/// Reads a small regular file without following a symlink in its last
+/// component; `Ok(None)` when it does not exist.
+pub fn read_private(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
+        .open(path);
+    let f = match f {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(IdentityError::Permissions {
+                path: path.to_owned(),
+                what: "is a symbolic link".into(),
+                fix: format!(
+                    "replace it with the real file: cp --remove-destination \"$(readlink -f {0})\" {0}",
+                    path.display()
+                ),
+            });
+        }
+        Err(e) => return Err(IdentityError::io(path, "open", e)),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| IdentityError::io(path, "stat", e))?;
+    if !meta.is_file() {
+        return Err(IdentityError::Corrupt {
+            path: path.to_owned(),
+            what: "is not a regular file".into(),
+        });
+    }
+    if meta.len() > MAX_IDENTITY_FILE {
+        return Err(IdentityError::Corrupt {
+            path: path.to_owned(),
+            what: format!("is {} bytes, larger than any identity file", meta.len()),
+        });
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    f.take(MAX_IDENTITY_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| IdentityError::io(path, "read", e))?;
+    Ok(Some(buf))
+}
+
+/// What a checked path is, which decides the rule applied to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Private key material: regular file, owner only, mode 0600 or stricter.
+    Secret,
+    /// Public but integrity-relevant (certificates, config): regular file,
+    /// owned by the service user or root, not writable by group or others.
+    Protected,
+    /// A state directory: owned by the service user, mode 0700.
+    PrivateDir,
+}
+
+/// Checks one path against the rule for `kind`, for the service user `uid`.
+/// A missing path is not a problem here (callers decide that).
+pub fn check_path(path: &Path, kind: Kind, uid: u32) -> Vec<IdentityError> {
+    let mut problems = Vec::new();
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return problems,
+        Err(e) => {
+            problems.push(IdentityError::io(path, "stat", e));
+            return problems;
+        }
+    };
+    let p = path.display();
+    let perm = |what: String, fix: String| IdentityError::Permissions {
+        path: path.to_owned(),
+        what,
+        fix,
+    };
+    if meta.file_type().is_symlink() {
+        problems.push(perm(
+            "is a symbolic link; screengate does not follow links for protected files".into(),
+            format!("replace the link with the file itself: cp --remove-destination \"$(readlink -f {p})\" {p}"),
+        ));
+        return problems;
+    }
+    let mode = meta.mode() & 0o7777;
+    match kind {
+        Kind::PrivateDir => {
+            if !meta.is_dir() {
+                problems.push(perm(
+                    "is not a directory".into(),
+                    format!("mv {p} {p}.bak && mkdir -m 700 {p}"),
+                ));
+                return problems;
+            }
+            if meta.uid() != uid {
+                problems.push(perm(
+                    format!(
+                        "is owned by uid {}, not the service user (uid {uid})",
+                        meta.uid()
+                    ),
+                    format!("chown {uid} {p}"),
+                ));
+            }
+            if mode & 0o077 != 0 {
+                problems.push(perm(
+                    format!("has mode {mode:04o}; must be 0700 (no access for group or others)"),
+                    format!("chmod 700 {p}"),
+                ));
+            }
+        }
+        Kind::Secret => {
+            if !meta.is_file() {
+                problems.push(perm(
+                    "is not a regular file".into(),
+                    format!("remove {p} and run `screengate init`"),
+                ));
+                return problems;
+            }
+            if meta.uid() != uid {
+                problems.push(perm(
+                    format!(
+                        "is owned by uid {}, not the service user (uid {uid})",
+                        meta.uid()
+                    ),
+                    format!("chown {uid} {p}"),
+                ));
+            }
+            if mode & 0o077 != 0 {
+                problems.push(perm(
+                    format!(
+                        "has mode {mode:04o}; a private key must be readable by its owner only"
+                    ),
+                    format!("chmod 600 {p}"),
+                ));
+            }
+        }
+        Kind::Protected => {
+            if !meta.is_file() {
+                problems.push(perm(
+                    "is not a regular file".into(),
+                    format!("replace {p} with a regular file"),
+                ));
+                return problems;
+            }
+            if meta.uid() != uid && meta.uid() != 0 {
+                problems.push(perm(
+                    format!(
+                        "is owned by uid {}, neither the service user (uid {uid}) nor root",
+                        meta.uid()
+                    ),
+                    format!("chown {uid} {p}"),
+                ));
+            }
+            if mode & 0o022 != 0 {
+                problems.push(perm(
+                    format!("has mode {mode:04o}; must not be writable by group or others"),
+                    format!("chmod go-w {p}"),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// A path joined for messages.
+pub fn join(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_creates_with_mode_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        atomic_write(&p, b"hello", 0o600).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"hello");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        atomic_write(&p, b"world", 0o644).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"world");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn check_flags_loose_secret_with_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let probs = check_path(&p, Kind::Secret, euid());
+        assert_eq!(probs.len(), 1);
+        let msg = probs[0].to_string();
+        assert!(msg.contains("chmod 600"), "{msg}");
+        assert!(msg.contains(&p.display().to_string()));
+    }
+
+    #[test]
+    fn check_flags_wrong_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let probs = check_path(&p, Kind::Secret, euid().wrapping_add(4242));
+        assert!(probs.iter().any(|e| e.to_string().contains("chown")));
+    }
+
+    #[test]
+    fn check_flags_symlinked_secret() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::write(&real, b"x").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let probs = check_path(&link, Kind::Secret, euid());
+        assert!(probs[0].to_string().contains("symbolic link"));
+        assert!(matches!(
+            read_private(&link),
+            Err(IdentityError::Permissions { .. })
+        ));
+    }
+
+    #[test]
+    fn check_flags_open_state_dir_and_group_writable_config() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let probs = check_path(d.path(), Kind::PrivateDir, euid());
+        assert!(probs[0].to_string().contains("chmod 700"));
+        let c = d.path().join("c.toml");
+        std::fs::write(&c, b"").unwrap();
+        std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let probs = check_path(&c, Kind::Protected, euid());
+        assert!(probs[0].to_string().contains("chmod go-w"));
+    }
+
+    #[test]
+    fn strict_paths_pass() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(check_path(d.path(), Kind::PrivateDir, euid()).is_empty());
+        let p = d.path().join("k");
+        atomic_write(&p, b"x", 0o600).unwrap();
+        assert!(check_path(&p, Kind::Secret, euid()).is_empty());
+    }
+}

@@ -1,0 +1,359 @@
+//! The token authority of one server run: mints, verifies and consumes.
+//!
+//! Verification and consumption are two steps with proof types between them:
+//! [`Authority::verify`] yields a [`Verified`] (MAC, run, channel and expiry
+//! checked, nothing recorded), and only [`Authority::consume`] turns that into
+//! a [`Consumed`], atomically, once. The server connects the backend between
+//! the two, so a backend failure does not burn the client's token. Neither
+//! proof type can be built outside this module.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroize;
+
+use crate::clock::Clock;
+use crate::format::{BODY_LEN, Channel, RawToken, RunId, TAG_LEN, TokenId, VERSION};
+use crate::secret::{DeviceKey, SecretToken};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Domain separation for deriving the per-run key from the device key.
+const RUN_LABEL: &[u8] = b"screengate run v1";
+/// Domain separation for token tags.
+const TAG_LABEL: &[u8] = b"screengate token v1\0";
+
+/// Longest token life an authority accepts. Tokens are for a handshake that
+/// follows within seconds; a long-lived token is a stolen token waiting.
+pub const MAX_TTL: Duration = Duration::from_secs(600);
+
+/// Bound on the consumed-id ledger. Entries leave at their token's expiry,
+/// so the ledger holds at most (consume rate × TTL) ids; when it is full,
+/// minting is refused rather than the ledger growing. 65 536 entries of
+/// 24 bytes (+ map overhead) is under 4 MiB.
+pub const MAX_LEDGER_ENTRIES: usize = 65_536;
+
+/// How often expired ledger entries are swept (amortises the O(n) retain).
+const SWEEP_INTERVAL_MS: u64 = 1_000;
+
+/// Why a presented token was refused. For the audit log only: the peer
+/// always sees the same opaque refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Not exactly one canonical base64url token of the right length,
+    /// version and channel code.
+    #[error("malformed token")]
+    Malformed,
+    /// Minted by another run of the server (before a restart), or claims to be.
+    #[error("token from another run")]
+    WrongRun,
+    /// The tag does not verify: forged, altered, or from another device.
+    #[error("bad token MAC")]
+    BadMac,
+    /// Genuine, but minted for another channel.
+    #[error("token for another channel")]
+    WrongChannel,
+    /// Genuine, but past its expiry on this run's monotonic clock.
+    #[error("token expired")]
+    Expired,
+    /// Genuine and unexpired, but already consumed once.
+    #[error("token replayed")]
+    Replayed,
+}
+
+impl Rejection {
+    /// A stable snake_case name for structured audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::WrongRun => "wrong_run",
+            Rejection::BadMac => "bad_mac",
+            Rejection::WrongChannel => "wrong_channel",
+            Rejection::Expired => "expired",
+            Rejection::Replayed => "replayed",
+        }
+    }
+}
+
+/// Why the authority could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    /// TTL of zero or above [`MAX_TTL`].
+    #[error("token TTL must be between 1 ms and {} s", MAX_TTL.as_secs())]
+    BadTtl,
+    /// The HMAC implementation refused the key (cannot happen for HMAC,
+    /// which takes keys of any length; kept typed rather than unwrapped).
+    #[error("HMAC key setup failed")]
+    KeySetup,
+}
+
+/// Why a token could not be minted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MintError {
+    /// The consumed-id ledger is at [`MAX_LEDGER_ENTRIES`]; try again once
+    /// older tokens have expired.
+    #[error("token ledger is full; retry after older tokens expire")]
+    LedgerFull,
+}
+
+/// A freshly minted token, for the one peer that asked.
+#[derive(Debug)]
+pub struct MintedToken {
+    /// The encoded token. Secret.
+    pub token: SecretToken,
+    /// Its id, for audit correlation.
+    pub id: TokenId,
+    /// Its remaining life at mint time.
+    pub expires_in: Duration,
+}
+
+/// Proof that a token's MAC, run, channel and expiry were checked.
+/// Not yet consumed; only [`Authority::consume`] accepts it.
+#[derive(Debug)]
+pub struct Verified {
+    id: TokenId,
+    channel: Channel,
+    expires_ms: u64,
+}
+
+impl Verified {
+    /// The token's id.
+    pub fn id(&self) -> TokenId {
+        self.id
+    }
+}
+
+/// Proof that a token was verified and consumed, exactly once.
+#[derive(Debug)]
+pub struct Consumed {
+    id: TokenId,
+    channel: Channel,
+}
+
+impl Consumed {
+    /// The token's id.
+    pub fn id(&self) -> TokenId {
+        self.id
+    }
+
+    /// The channel the token was for.
+    pub fn channel(&self) -> Channel {
+        self.channel
+    }
+}
+
+struct Ledger {
+    consumed: HashMap<TokenId, u64>,
+    next_sweep_ms: u64,
+}
+
+impl Ledger {
+    fn sweep_if_due(&mut self, now_ms: u64) {
+        if now_ms >= self.next_sweep_ms {
+            self.consumed.retain(|_, expires| *expires > now_ms);
+            self.next_sweep_ms = now_ms.saturating_add(SWEEP_INTERVAL_MS);
+        }
+    }
+}
+
+/// Mints and checks the tokens of one server run.
+pub struct Authority<C: Clock> {
+    run_id: RunId,
+    /// HMAC state keyed with `K_run`, computed once; cloned per operation so
+    /// the key schedule is not redone for every token.
+    mac: HmacSha256,
+    clock: C,
+    ttl_ms: u64,
+    ledger: Mutex<Ledger>,
+    max_ledger: usize,
+}
+
+impl<C: Clock> std::fmt::Debug for Authority<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("run_id", &self.run_id)
+            .field("ttl_ms", &self.ttl_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Clock> Authority<C> {
+    /// Starts a new run: a fresh random run id and the run key derived from
+    /// the device key. Every token of an earlier run is dead from here on.
+    pub fn new(device_key: &DeviceKey, ttl: Duration, clock: C) -> Result<Self, AuthorityError> {
+        use rand::RngCore;
+        let mut run_id = [0u8; 16];
+        rand::rng().fill_bytes(&mut run_id);
+        Self::with_run_id(device_key, RunId(run_id), ttl, clock)
+    }
+
+    pub(crate) fn with_run_id(
+        device_key: &DeviceKey,
+        run_id: RunId,
+        ttl: Duration,
+        clock: C,
+    ) -> Result<Self, AuthorityError> {
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(AuthorityError::BadTtl);
+        }
+        let ttl_ms = u64::try_from(ttl.as_millis()).map_err(|_| AuthorityError::BadTtl)?;
+        let mut run_key = derive_run_key(device_key, &run_id)?;
+        let mac = HmacSha256::new_from_slice(&run_key).map_err(|_| AuthorityError::KeySetup);
+        run_key.zeroize();
+        Ok(Self {
+            run_id,
+            mac: mac?,
+            clock,
+            ttl_ms,
+            ledger: Mutex::new(Ledger {
+                consumed: HashMap::new(),
+                next_sweep_ms: 0,
+            }),
+            max_ledger: MAX_LEDGER_ENTRIES,
+        })
+    }
+
+    /// This run's id.
+    pub fn run_id(&self) -> RunId {
+        self.run_id
+    }
+
+    /// The configured token life.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
+    /// Current number of consumed ids held (for metrics and tests).
+    pub fn ledger_len(&self) -> usize {
+        self.lock_ledger().consumed.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_max_ledger(&mut self, n: usize) {
+        self.max_ledger = n;
+    }
+
+    /// Mints a token for `channel`. Writes no state: minting cannot exhaust
+    /// memory. Refused only when the ledger is full.
+    pub fn mint(&self, channel: Channel) -> Result<MintedToken, MintError> {
+        use rand::RngCore;
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        self.mint_with_id(channel, TokenId(id))
+    }
+
+    pub(crate) fn mint_with_id(
+        &self,
+        channel: Channel,
+        id: TokenId,
+    ) -> Result<MintedToken, MintError> {
+        let now_ms = self.now_ms();
+        {
+            let mut ledger = self.lock_ledger();
+            ledger.sweep_if_due(now_ms);
+            if ledger.consumed.len() >= self.max_ledger {
+                return Err(MintError::LedgerFull);
+            }
+        }
+        let expires_ms = now_ms.saturating_add(self.ttl_ms);
+        let body = RawToken::assemble(&self.run_id, &id, channel, now_ms, expires_ms);
+        let tag = self.tag(&body);
+        Ok(MintedToken {
+            token: SecretToken::new(RawToken::encode(&body, &tag)),
+            id,
+            expires_in: Duration::from_millis(self.ttl_ms),
+        })
+    }
+
+    /// Checks a presented token for `channel` without consuming it.
+    ///
+    /// Order: structure, version, run, MAC (constant time), channel, expiry,
+    /// then a non-binding look at the ledger so an obvious replay is refused
+    /// before the caller does expensive work.
+    pub fn verify(&self, text: &str, channel: Channel) -> Result<Verified, Rejection> {
+        let raw = RawToken::decode(text).ok_or(Rejection::Malformed)?;
+        if raw.version() != VERSION {
+            return Err(Rejection::Malformed);
+        }
+        let claimed_channel = Channel::from_byte(raw.channel_byte()).ok_or(Rejection::Malformed)?;
+        if raw.issued_ms() > raw.expires_ms() {
+            return Err(Rejection::Malformed);
+        }
+        if raw.run_id() != self.run_id {
+            return Err(Rejection::WrongRun);
+        }
+        let mut mac = self.mac.clone();
+        mac.update(TAG_LABEL);
+        mac.update(raw.body());
+        // `verify_slice` compares in constant time (subtle::ConstantTimeEq).
+        mac.verify_slice(raw.tag()).map_err(|_| Rejection::BadMac)?;
+        if claimed_channel != channel {
+            return Err(Rejection::WrongChannel);
+        }
+        if self.now_ms() >= raw.expires_ms() {
+            return Err(Rejection::Expired);
+        }
+        let id = raw.token_id();
+        if self.lock_ledger().consumed.contains_key(&id) {
+            return Err(Rejection::Replayed);
+        }
+        Ok(Verified {
+            id,
+            channel: claimed_channel,
+            expires_ms: raw.expires_ms(),
+        })
+    }
+
+    /// Consumes a verified token: atomically records its id, once. Of any
+    /// number of racing callers with the same token exactly one gets
+    /// `Ok`; the rest get [`Rejection::Replayed`]. Expiry is checked again,
+    /// since time passed since [`Authority::verify`].
+    pub fn consume(&self, verified: Verified) -> Result<Consumed, Rejection> {
+        let now_ms = self.now_ms();
+        if now_ms >= verified.expires_ms {
+            return Err(Rejection::Expired);
+        }
+        let mut ledger = self.lock_ledger();
+        ledger.sweep_if_due(now_ms);
+        if ledger.consumed.contains_key(&verified.id) {
+            return Err(Rejection::Replayed);
+        }
+        ledger.consumed.insert(verified.id, verified.expires_ms);
+        Ok(Consumed {
+            id: verified.id,
+            channel: verified.channel,
+        })
+    }
+
+    fn tag(&self, body: &[u8; BODY_LEN]) -> [u8; TAG_LEN] {
+        let mut mac = self.mac.clone();
+        mac.update(TAG_LABEL);
+        mac.update(body);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A panic while holding the lock (there is none: no code in the critical
+    /// sections can panic) must not turn into a permanent failure, so a
+    /// poisoned lock is simply taken over: the map is always consistent.
+    fn lock_ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn derive_run_key(device_key: &DeviceKey, run_id: &RunId) -> Result<[u8; 32], AuthorityError> {
+    let mut mac = HmacSha256::new_from_slice(device_key.expose_secret())
+        .map_err(|_| AuthorityError::KeySetup)?;
+    mac.update(RUN_LABEL);
+    mac.update(&run_id.0);
+    Ok(mac.finalize().into_bytes().into())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,396 @@
+//! Unit tests for the authority: one per rejection reason (and then some),
+//! known-answer vectors from `tests/data/token-kat.json`, and the race.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::format::ENCODED_LEN;
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn key(b: u8) -> DeviceKey {
+    DeviceKey::from_bytes([b; 32])
+}
+
+fn authority() -> (Authority<Arc<ManualClock>>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new());
+    (Authority::new(&key(1), TTL, clock.clone()).unwrap(), clock)
+}
+
+fn mint(a: &Authority<Arc<ManualClock>>, ch: Channel) -> String {
+    a.mint(ch).unwrap().token.expose_secret().to_owned()
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+// ---- positive paths -------------------------------------------------------
+
+#[test]
+fn fresh_token_verifies_and_consumes_once() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    assert_eq!(t.len(), ENCODED_LEN);
+    let v = a.verify(&t, Channel::Display).unwrap();
+    let c = a.consume(v).unwrap();
+    assert_eq!(c.channel(), Channel::Display);
+    assert_eq!(a.ledger_len(), 1);
+}
+
+#[test]
+fn known_answer_vectors() {
+    let kat: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../tests/data/token-kat.json")).unwrap();
+    let dk = DeviceKey::from_slice(&hex(kat["device_key_hex"].as_str().unwrap())).unwrap();
+    let run: [u8; 16] = hex(kat["run_id_hex"].as_str().unwrap()).try_into().unwrap();
+    let tid: [u8; 16] = hex(kat["token_id_hex"].as_str().unwrap())
+        .try_into()
+        .unwrap();
+    assert_eq!(
+        derive_run_key(&dk, &RunId(run)).unwrap().to_vec(),
+        hex(kat["run_key_hex"].as_str().unwrap())
+    );
+    let cases = kat["cases"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let clock = Arc::new(ManualClock::new());
+        clock.advance(Duration::from_millis(case["now_ms"].as_u64().unwrap()));
+        let ttl = Duration::from_millis(case["ttl_ms"].as_u64().unwrap());
+        let a = Authority::with_run_id(&dk, RunId(run), ttl, clock).unwrap();
+        let ch: Channel = case["channel"].as_str().unwrap().parse().unwrap();
+        let minted = a.mint_with_id(ch, TokenId(tid)).unwrap();
+        let expected = case["token"].as_str().unwrap();
+        assert_eq!(minted.token.expose_secret(), expected);
+        // and the vector verifies on its own
+        a.verify(expected, ch).unwrap();
+    }
+}
+
+// ---- one test per rejection reason ----------------------------------------
+
+#[test]
+fn rejects_malformed_empty() {
+    let (a, _) = authority();
+    assert_eq!(
+        a.verify("", Channel::Display).unwrap_err(),
+        Rejection::Malformed
+    );
+}
+
+#[test]
+fn rejects_malformed_truncated() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    assert_eq!(
+        a.verify(&t[..t.len() - 1], Channel::Display).unwrap_err(),
+        Rejection::Malformed
+    );
+    assert_eq!(
+        a.verify(&t[..ENCODED_LEN / 2], Channel::Display)
+            .unwrap_err(),
+        Rejection::Malformed
+    );
+}
+
+#[test]
+fn rejects_malformed_extended() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    assert_eq!(
+        a.verify(&format!("{t}A"), Channel::Display).unwrap_err(),
+        Rejection::Malformed
+    );
+    assert_eq!(
+        a.verify(&format!("{t} "), Channel::Display).unwrap_err(),
+        Rejection::Malformed
+    );
+}
+
+#[test]
+fn rejects_malformed_non_base64url() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    let mut s = t.clone();
+    s.replace_range(10..11, "+");
+    assert_eq!(
+        a.verify(&s, Channel::Display).unwrap_err(),
+        Rejection::Malformed
+    );
+    let mut s = t;
+    s.replace_range(10..11, "é"); // multi-byte: length changes, still refused
+    assert_eq!(
+        a.verify(&s, Channel::Display).unwrap_err(),
+        Rejection::Malformed
+    );
+}
+
+#[test]
+fn rejects_malformed_unknown_version() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+    raw[0] = 2;
+    let s = URL_SAFE_NO_PAD.encode(&raw);
+    assert_eq!(
+        a.verify(&s, Channel::Display).unwrap_err(),
+        Rejection::Malformed
+    );
+}
+
+#[test]
+fn rejects_malformed_unknown_channel_code() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+    raw[33] = 0;
+    let s = URL_SAFE_NO_PAD.encode(&raw);
+    assert_eq!(
+        a.verify(&s, Channel::Display).unwrap_err(),
+        Rejection::Malformed
+    );
+}
+
+#[test]
+fn rejects_random_bytes() {
+    let (a, _) = authority();
+    for seed in 0u8..50 {
+        let raw: Vec<u8> = (0..82u32)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let s = URL_SAFE_NO_PAD.encode(&raw);
+        assert!(a.verify(&s, Channel::Display).is_err());
+    }
+}
+
+#[test]
+fn rejects_wrong_run_after_restart() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    // Same device key, new run: the restart kills the token.
+    let b = Authority::new(&key(1), TTL, Arc::new(ManualClock::new())).unwrap();
+    assert_eq!(
+        b.verify(&t, Channel::Display).unwrap_err(),
+        Rejection::WrongRun
+    );
+}
+
+#[test]
+fn rejects_bad_mac_from_another_device() {
+    // Same run id, different device key: a counterfeit made by analysing
+    // another device.
+    let clock = Arc::new(ManualClock::new());
+    let run = RunId([5; 16]);
+    let mine = Authority::with_run_id(&key(1), run, TTL, clock.clone()).unwrap();
+    let theirs = Authority::with_run_id(&key(2), run, TTL, clock).unwrap();
+    let forged = theirs.mint(Channel::Display).unwrap();
+    assert_eq!(
+        mine.verify(forged.token.expose_secret(), Channel::Display)
+            .unwrap_err(),
+        Rejection::BadMac
+    );
+}
+
+#[test]
+fn rejects_bad_mac_every_single_bit_flip() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    let raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+    for byte in 0..raw.len() {
+        for bit in 0..8 {
+            let mut m = raw.clone();
+            m[byte] ^= 1 << bit;
+            let s = URL_SAFE_NO_PAD.encode(&m);
+            let err = a.verify(&s, Channel::Display).unwrap_err();
+            // Flips in the version, channel code or run id are caught
+            // structurally; everywhere else the MAC catches them.
+            match byte {
+                0 | 33 => assert!(matches!(err, Rejection::Malformed | Rejection::BadMac)),
+                1..=16 => assert_eq!(err, Rejection::WrongRun),
+                34..=49 => assert!(matches!(err, Rejection::Malformed | Rejection::BadMac)),
+                _ => assert_eq!(err, Rejection::BadMac, "byte {byte} bit {bit}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn rejects_bad_mac_extended_expiry() {
+    // Pushing the expiry forward is the obvious tamper; the MAC catches it.
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+    raw[42..50].copy_from_slice(&u64::MAX.to_be_bytes());
+    let s = URL_SAFE_NO_PAD.encode(&raw);
+    assert_eq!(
+        a.verify(&s, Channel::Display).unwrap_err(),
+        Rejection::BadMac
+    );
+}
+
+#[test]
+fn rejects_wrong_channel() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Native);
+    assert_eq!(
+        a.verify(&t, Channel::Display).unwrap_err(),
+        Rejection::WrongChannel
+    );
+    let t = mint(&a, Channel::Display);
+    assert_eq!(
+        a.verify(&t, Channel::Native).unwrap_err(),
+        Rejection::WrongChannel
+    );
+}
+
+#[test]
+fn rejects_expired_at_exact_expiry() {
+    let (a, clock) = authority();
+    let t = mint(&a, Channel::Display);
+    clock.advance(TTL - Duration::from_millis(1));
+    assert!(a.verify(&t, Channel::Display).is_ok());
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        a.verify(&t, Channel::Display).unwrap_err(),
+        Rejection::Expired
+    );
+}
+
+#[test]
+fn rejects_expired_between_verify_and_consume() {
+    let (a, clock) = authority();
+    let t = mint(&a, Channel::Display);
+    let v = a.verify(&t, Channel::Display).unwrap();
+    clock.advance(TTL);
+    assert_eq!(a.consume(v).unwrap_err(), Rejection::Expired);
+}
+
+#[test]
+fn rejects_replayed_on_verify() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    a.consume(a.verify(&t, Channel::Display).unwrap()).unwrap();
+    assert_eq!(
+        a.verify(&t, Channel::Display).unwrap_err(),
+        Rejection::Replayed
+    );
+}
+
+#[test]
+fn rejects_replayed_on_consume_of_two_verifications() {
+    let (a, _) = authority();
+    let t = mint(&a, Channel::Display);
+    let v1 = a.verify(&t, Channel::Display).unwrap();
+    let v2 = a.verify(&t, Channel::Display).unwrap();
+    a.consume(v1).unwrap();
+    assert_eq!(a.consume(v2).unwrap_err(), Rejection::Replayed);
+}
+
+#[test]
+fn refuses_bad_ttl() {
+    let c = ManualClock::new();
+    assert_eq!(
+        Authority::new(&key(1), Duration::ZERO, c).unwrap_err(),
+        AuthorityError::BadTtl
+    );
+    let c = ManualClock::new();
+    assert_eq!(
+        Authority::new(&key(1), MAX_TTL + Duration::from_millis(1), c).unwrap_err(),
+        AuthorityError::BadTtl
+    );
+}
+
+#[test]
+fn mint_refused_when_ledger_full_and_recovers_after_expiry() {
+    let (mut a, clock) = authority();
+    a.set_max_ledger(3);
+    for _ in 0..3 {
+        let t = mint(&a, Channel::Display);
+        a.consume(a.verify(&t, Channel::Display).unwrap()).unwrap();
+    }
+    assert_eq!(a.mint(Channel::Display).unwrap_err(), MintError::LedgerFull);
+    clock.advance(TTL + Duration::from_secs(2));
+    assert!(a.mint(Channel::Display).is_ok());
+    assert_eq!(a.ledger_len(), 0);
+}
+
+#[test]
+fn ledger_entries_are_dropped_after_expiry() {
+    let (a, clock) = authority();
+    for _ in 0..10 {
+        let t = mint(&a, Channel::Display);
+        a.consume(a.verify(&t, Channel::Display).unwrap()).unwrap();
+    }
+    assert_eq!(a.ledger_len(), 10);
+    clock.advance(TTL + Duration::from_secs(1));
+    let t = mint(&a, Channel::Display);
+    a.consume(a.verify(&t, Channel::Display).unwrap()).unwrap();
+    assert_eq!(a.ledger_len(), 1);
+}
+
+#[test]
+fn minting_writes_no_state() {
+    let (a, _) = authority();
+    for _ in 0..1000 {
+        a.mint(Channel::Display).unwrap();
+    }
+    assert_eq!(a.ledger_len(), 0);
+}
+
+#[test]
+fn tokens_are_unique() {
+    let (a, _) = authority();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..1000 {
+        assert!(seen.insert(mint(&a, Channel::Display)));
+    }
+}
+
+#[test]
+fn debug_output_redacts_secrets() {
+    let (a, _) = authority();
+    let m = a.mint(Channel::Display).unwrap();
+    let dbg = format!("{m:?} {:?} {a:?}", key(7));
+    assert!(!dbg.contains(m.token.expose_secret()));
+    assert!(dbg.contains("redacted"));
+    assert!(!dbg.contains("7, 7"));
+}
+
+// ---- the race --------------------------------------------------------------
+
+#[test]
+fn racing_consumers_exactly_one_wins() {
+    for _round in 0..20 {
+        let (a, _) = authority();
+        let a = Arc::new(a);
+        let t = Arc::new(mint(&a, Channel::Display));
+        let wins = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (a, t, wins, barrier) = (a.clone(), t.clone(), wins.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    if let Ok(v) = a.verify(&t, Channel::Display)
+                        && a.consume(v).is_ok()
+                    {
+                        wins.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert_eq!(wins.load(Ordering::SeqCst), 1);
+    }
+}
