@@ -1,1 +1,41 @@
-//! stub
+//! screengate server: the token authority, the control socket, the TLS
+//! WebSocket gateway with its guard, and the proxy to the SDK backend.
+//!
+//! Entry points: [`run`] (bind then serve until `shutdown` resolves) and
+//! [`Server::bind`] + [`Server::serve`] for tests that need the bound port.
+//! `main.rs` only parses arguments and calls into [`commands`].
+//!
+//! What this crate leaves to others: token format and checks
+//! (`screengate-token`), keys, certificates and file rules
+//! (`screengate-identity`), spawning browsers (`screengate-launcher`).
+#![forbid(unsafe_code)]
+
+pub mod audit;
+mod backend;
+pub mod commands;
+pub mod config;
+mod control;
+pub mod demo;
+mod gateway;
+mod guard;
+mod limits;
+mod proxy;
+mod server;
+mod tls;
+mod web;
+
+pub use config::{BackendSpec, Config, ConfigError, Overrides};
+pub use limits::*;
+pub use server::{Server, ServerError, run};
+
+/// Small helpers on identity outcomes for the command line.
+pub trait InitOutcomeExt {
+    /// True when `init` found a complete identity and wrote nothing.
+    fn is_noop(&self) -> bool;
+}
+
+impl InitOutcomeExt for screengate_identity::InitOutcome {
+    fn is_noop(&self) -> bool {
+        matches!(self, screengate_identity::InitOutcome::AlreadyPresent)
+    }
+}

@@ -347,6 +347,13 @@ impl<C: Clock> Authority<C> {
     }
 }
 
+/// The token-id prefix a presented token *claims*, for audit correlation of
+/// refused tokens. Structural only: for a forged token it is whatever the
+/// forger wrote, which is harmless to log and reveals nothing secret.
+pub fn claimed_id_prefix(text: &str) -> Option<String> {
+    RawToken::decode(text).map(|raw| raw.token_id().prefix())
+}
+
 fn derive_run_key(device_key: &DeviceKey, run_id: &RunId) -> Result<[u8; 32], AuthorityError> {
     let mut mac = HmacSha256::new_from_slice(device_key.expose_secret())
         .map_err(|_| AuthorityError::KeySetup)?;

@@ -22,6 +22,7 @@ mod clock;
 mod format;
 mod secret;
 
+pub use authority::claimed_id_prefix;
 pub use authority::{
     Authority, AuthorityError, Consumed, MAX_LEDGER_ENTRIES, MAX_TTL, MintError, MintedToken,
     Rejection, Verified,

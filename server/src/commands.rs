@@ -1,0 +1,141 @@
+//! The subcommands' logic, so `main.rs` stays a thin argument parser.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use screengate_identity::fsutil::{self, Kind};
+use screengate_identity::{IdentityError, InitOutcome, Pin, StateDir};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::config::{self, Config, ConfigError, FileConfig, Overrides};
+
+/// Loads the config file (if any) and applies the overrides.
+pub fn load_config(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+    let parsed = match file {
+        Some(p) => config::read_file(p)?,
+        None => FileConfig::default(),
+    };
+    Config::resolve(file, parsed, overrides)
+}
+
+/// What `init` did and the resulting pins.
+#[derive(Debug)]
+pub struct InitReport {
+    /// What was created.
+    pub outcome: InitOutcome,
+    /// Server certificate pin.
+    pub server_pin: Pin,
+    /// Client certificate pin.
+    pub client_pin: Pin,
+}
+
+/// `screengate init`.
+pub fn init(state_dir: &Path, force: bool) -> Result<InitReport, IdentityError> {
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let state = StateDir::new(state_dir, creds);
+    let outcome = state.init(force)?;
+    let id = state.load()?;
+    Ok(InitReport {
+        outcome,
+        server_pin: id.server_pin,
+        client_pin: id.client_pin,
+    })
+}
+
+/// `screengate pin`.
+pub fn pin(state_dir: &Path, client: bool) -> Result<Pin, IdentityError> {
+    StateDir::new(state_dir, None).pin(client)
+}
+
+/// `screengate check`: every problem found, empty when all is well.
+pub fn check(file: Option<&Path>, overrides: Overrides) -> Vec<String> {
+    let cfg = match load_config(file, overrides) {
+        Ok(c) => c,
+        Err(e) => return vec![e.to_string()],
+    };
+    let uid = fsutil::euid();
+    let mut problems: Vec<String> = Vec::new();
+    if let Some(f) = &cfg.file {
+        problems.extend(
+            fsutil::check_path(f, Kind::Protected, uid)
+                .iter()
+                .map(ToString::to_string),
+        );
+    }
+    let state = StateDir::new(&cfg.state_dir, cfg.credentials_dir.clone());
+    if !state.path().exists() {
+        problems.push(format!(
+            "{}: state directory does not exist; run `screengate init --state-dir {}`",
+            cfg.state_dir.display(),
+            cfg.state_dir.display()
+        ));
+        return problems;
+    }
+    problems.extend(state.check_permissions(uid).iter().map(ToString::to_string));
+    if let Err(e) = state.load() {
+        problems.push(e.to_string());
+    }
+    if let Some(root) = &cfg.web_root
+        && !root.join("index.html").is_file()
+    {
+        problems.push(format!("{}: web_root has no index.html", root.display()));
+    }
+    problems
+}
+
+/// Why `screengate mint` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MintClientError {
+    /// Could not connect to the control socket.
+    #[error(
+        "{path}: cannot connect to the control socket: {source} (is `screengate serve` running, and may this user use the socket?)"
+    )]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The exchange failed or timed out.
+    #[error("{path}: control exchange failed: {what}")]
+    Exchange {
+        /// The socket path.
+        path: PathBuf,
+        /// What happened.
+        what: String,
+    },
+}
+
+/// `screengate mint`: one request, the raw JSON reply line.
+pub async fn mint(control: &Path, channel: &str) -> Result<String, MintClientError> {
+    let ex = |what: String| MintClientError::Exchange {
+        path: control.to_owned(),
+        what,
+    };
+    let stream = tokio::net::UnixStream::connect(control)
+        .await
+        .map_err(|source| MintClientError::Connect {
+            path: control.to_owned(),
+            source,
+        })?;
+    let (rd, mut wr) = stream.into_split();
+    let req = serde_json::json!({"op": "mint", "channel": channel});
+    let line = format!("{req}\n");
+    let exchange = async {
+        wr.write_all(line.as_bytes())
+            .await
+            .map_err(|e| ex(e.to_string()))?;
+        let mut reply = String::new();
+        BufReader::new(rd)
+            .read_line(&mut reply)
+            .await
+            .map_err(|e| ex(e.to_string()))?;
+        if reply.is_empty() {
+            return Err(ex("the server closed the connection without a reply".into()));
+        }
+        Ok(reply.trim_end().to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| ex("no reply within 5 s".into()))?
+}

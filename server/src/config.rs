@@ -1,0 +1,686 @@
+//! Configuration: the TOML file, the command-line overrides, and the one
+//! resolved [`Config`] the rest of the server sees.
+//!
+//! Parse, don't validate: every value becomes a type here (socket address,
+//! backend, origins, durations) and every refusal names the file and key.
+//! Unknown keys are errors, not ignored. Precedence: flag > file > default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Deserialize;
+
+/// Default TLS gateway address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8933";
+/// Default WebSocket path.
+pub const DEFAULT_PATH: &str = "/ws";
+/// Default token header.
+pub const DEFAULT_TOKEN_HEADER: &str = "X-Screengate-Token";
+/// Default token life.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Default (and most common) largest WebSocket message, in bytes.
+pub const DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// Largest configurable message size: a display message is cards and
+/// images, not video; 64 MiB is far beyond any legitimate one.
+pub const MAX_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Default bound on authenticated sessions at once.
+pub const DEFAULT_MAX_SESSIONS: usize = 8;
+
+/// Why configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for our schema (includes unknown keys).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("{origin}: `{key}`: {message}")]
+    Invalid {
+        /// Where the value came from: the file path or "command line".
+        origin: String,
+        /// The key or flag.
+        key: &'static str,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+}
+
+/// The config file, exactly as written. Every table refuses unknown keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// State directory (device identity).
+    pub state_dir: Option<PathBuf>,
+    /// Service user to drop to when started as root.
+    pub user: Option<String>,
+    /// `[gateway]`.
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    /// `[tokens]`.
+    #[serde(default)]
+    pub tokens: TokensSection,
+    /// `[control]`.
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// TLS listen address (loopback only).
+    pub listen: Option<String>,
+    /// WebSocket path.
+    pub path: Option<String>,
+    /// Exact allowed `Origin` values.
+    pub allowed_origins: Option<Vec<String>>,
+    /// `demo`, `unix:PATH` or `ws://HOST:PORT/PATH`.
+    pub backend: Option<String>,
+    /// Directory served at `/` instead of the built-in demo page.
+    pub web_root: Option<PathBuf>,
+    /// Largest WebSocket message in bytes.
+    pub max_message_size: Option<usize>,
+    /// Most authenticated sessions at once.
+    pub max_sessions: Option<usize>,
+}
+
+/// `[tokens]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    /// Token life, humantime ("30s").
+    pub ttl: Option<String>,
+    /// Header the token travels in.
+    pub header: Option<String>,
+}
+
+/// `[control]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Control socket path.
+    pub socket: Option<PathBuf>,
+    /// Uids allowed to mint.
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Group that may connect to the socket (mode 0660 instead of 0600).
+    pub group: Option<String>,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--control`.
+    pub control: Option<PathBuf>,
+    /// `--backend`.
+    pub backend: Option<String>,
+    /// `--token-ttl`.
+    pub token_ttl: Option<String>,
+    /// `--allow-uid` (replaces the file's list when given).
+    pub allow_uids: Vec<u32>,
+    /// `--origin` (replaces the file's list when given).
+    pub origins: Vec<String>,
+    /// `--user`.
+    pub user: Option<String>,
+}
+
+/// Where sessions are proxied to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSpec {
+    /// The built-in echo + status backend.
+    Demo,
+    /// A WebSocket server on a Unix socket (request path `/`).
+    Unix(PathBuf),
+    /// A WebSocket server on loopback.
+    Ws {
+        /// `host:port` for the TCP connection and Host header.
+        authority: String,
+        /// Resolved loopback socket address.
+        addr: SocketAddr,
+        /// Request path.
+        path: String,
+    },
+}
+
+impl std::fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendSpec::Demo => f.write_str("demo"),
+            BackendSpec::Unix(p) => write!(f, "unix:{}", p.display()),
+            BackendSpec::Ws {
+                authority, path, ..
+            } => write!(f, "ws://{authority}{path}"),
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from (for messages), if a file.
+    pub file: Option<PathBuf>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// `$CREDENTIALS_DIRECTORY`, if set.
+    pub credentials_dir: Option<PathBuf>,
+    /// Service user (root start only).
+    pub user: Option<String>,
+    /// Gateway listen address; port 0 picks one (tests).
+    pub listen: SocketAddr,
+    /// WebSocket path.
+    pub path: String,
+    /// Allowed origins; `None` means "`https://localhost:<bound port>`".
+    pub allowed_origins: Option<Vec<String>>,
+    /// Backend.
+    pub backend: BackendSpec,
+    /// Web root, or the built-in demo page.
+    pub web_root: Option<PathBuf>,
+    /// Largest WebSocket message.
+    pub max_message_size: usize,
+    /// Most authenticated sessions at once.
+    pub max_sessions: usize,
+    /// Token life.
+    pub token_ttl: Duration,
+    /// Token header name.
+    pub token_header: HeaderName,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+    /// Uids allowed to mint; `None` means "the server's own uid".
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Control socket group.
+    pub control_group: Option<String>,
+}
+
+/// The default state dir: `$XDG_STATE_HOME/screengate`, else
+/// `~/.local/state/screengate`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("screengate");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".local/state/screengate")
+}
+
+/// Reads and parses a config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_file(path, &text)
+}
+
+/// Parses config text (named `path` in messages).
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().replace('\n', " | "),
+    })
+}
+
+impl Config {
+    /// Resolves file + overrides + defaults into a config, refusing anything
+    /// unsafe or malformed.
+    pub fn resolve(
+        file_path: Option<&Path>,
+        file: FileConfig,
+        o: Overrides,
+    ) -> Result<Self, ConfigError> {
+        let file_origin = file_path
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let origin_of = |from_flag: bool| {
+            if from_flag || file_origin.is_empty() {
+                "command line".to_owned()
+            } else {
+                file_origin.clone()
+            }
+        };
+        let invalid = |from_flag: bool, key: &'static str, message: String| ConfigError::Invalid {
+            origin: origin_of(from_flag),
+            key,
+            message,
+        };
+
+        let state_dir = o
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(default_state_dir);
+
+        let listen_flag = o.listen.is_some();
+        let listen_text = o
+            .listen
+            .or(file.gateway.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(
+                listen_flag,
+                "listen",
+                format!("`{listen_text}` is not an IP:PORT address"),
+            )
+        })?;
+        if !listen.ip().is_loopback() {
+            return Err(invalid(
+                listen_flag,
+                "listen",
+                format!(
+                    "`{listen}` is not a loopback address; screengate only listens on 127.0.0.0/8 or ::1"
+                ),
+            ));
+        }
+
+        let path = file.gateway.path.unwrap_or_else(|| DEFAULT_PATH.into());
+        if !path.starts_with('/') || path == "/" || path.contains(['?', '#', ' ']) {
+            return Err(invalid(
+                false,
+                "path",
+                format!(
+                    "`{path}` must be an absolute path other than `/`, without query or fragment"
+                ),
+            ));
+        }
+
+        let origins_flag = !o.origins.is_empty();
+        let allowed_origins = if origins_flag {
+            Some(o.origins)
+        } else {
+            file.gateway.allowed_origins
+        };
+        if let Some(list) = &allowed_origins {
+            if list.is_empty() {
+                return Err(invalid(
+                    origins_flag,
+                    "allowed_origins",
+                    "must not be empty".into(),
+                ));
+            }
+            for origin in list {
+                validate_origin(origin).map_err(|m| invalid(origins_flag, "allowed_origins", m))?;
+            }
+        }
+
+        let backend_flag = o.backend.is_some();
+        let backend_text = o
+            .backend
+            .or(file.gateway.backend)
+            .unwrap_or_else(|| "demo".into());
+        let backend =
+            parse_backend(&backend_text).map_err(|m| invalid(backend_flag, "backend", m))?;
+
+        let max_message_size = file.gateway.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE);
+        if !(1024..=MAX_MAX_MESSAGE).contains(&max_message_size) {
+            return Err(invalid(
+                false,
+                "max_message_size",
+                format!("{max_message_size} is outside 1024..={MAX_MAX_MESSAGE} bytes"),
+            ));
+        }
+        let max_sessions = file.gateway.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+        if !(1..=1024).contains(&max_sessions) {
+            return Err(invalid(
+                false,
+                "max_sessions",
+                format!("{max_sessions} is outside 1..=1024"),
+            ));
+        }
+
+        let ttl_flag = o.token_ttl.is_some();
+        let token_ttl = match o.token_ttl.or(file.tokens.ttl) {
+            None => DEFAULT_TTL,
+            Some(t) => humantime::parse_duration(&t).map_err(|e| {
+                invalid(
+                    ttl_flag,
+                    "ttl",
+                    format!("`{t}` is not a duration ({e}); e.g. \"30s\""),
+                )
+            })?,
+        };
+        if token_ttl.is_zero() || token_ttl > screengate_token::MAX_TTL {
+            return Err(invalid(
+                ttl_flag,
+                "ttl",
+                format!(
+                    "{} is outside (0, {}]: a token is for a handshake that follows within seconds",
+                    humantime::format_duration(token_ttl),
+                    humantime::format_duration(screengate_token::MAX_TTL)
+                ),
+            ));
+        }
+
+        let header_text = file
+            .tokens
+            .header
+            .unwrap_or_else(|| DEFAULT_TOKEN_HEADER.into());
+        let token_header =
+            parse_token_header(&header_text).map_err(|m| invalid(false, "header", m))?;
+
+        let control_socket = o
+            .control
+            .or(file.control.socket)
+            .unwrap_or_else(|| state_dir.join("control.sock"));
+        if control_socket.as_os_str().len() > 100 {
+            return Err(invalid(
+                false,
+                "socket",
+                format!(
+                    "`{}` is longer than a Unix socket path may be",
+                    control_socket.display()
+                ),
+            ));
+        }
+        let uids_flag = !o.allow_uids.is_empty();
+        let allowed_uids = if uids_flag {
+            Some(o.allow_uids)
+        } else {
+            file.control.allowed_uids
+        };
+        if allowed_uids.as_ref().is_some_and(|u| u.is_empty()) {
+            return Err(invalid(
+                uids_flag,
+                "allowed_uids",
+                "must not be empty (nobody could mint)".into(),
+            ));
+        }
+        if let Some(g) = &file.control.group
+            && g.is_empty()
+        {
+            return Err(invalid(false, "group", "must not be empty".into()));
+        }
+
+        Ok(Config {
+            file: file_path.map(Path::to_owned),
+            state_dir,
+            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            user: o.user.or(file.user),
+            listen,
+            path,
+            allowed_origins,
+            backend,
+            web_root: file.gateway.web_root,
+            max_message_size,
+            max_sessions,
+            token_ttl,
+            token_header,
+            control_socket,
+            allowed_uids,
+            control_group: file.control.group,
+        })
+    }
+}
+
+fn validate_origin(origin: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "`{origin}` {why}; expected scheme://host:port, e.g. https://localhost:8933"
+        ))
+    };
+    if origin == "null" || origin == "*" {
+        return bad("proves nothing about the page");
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return bad("has no scheme");
+    };
+    if scheme != "https" && scheme != "http" {
+        return bad("is not http(s)");
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) || !origin.is_ascii() {
+        return bad("is not a bare origin");
+    }
+    Ok(())
+}
+
+fn parse_token_header(text: &str) -> Result<HeaderName, String> {
+    let name = HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("`{text}` is not a valid header name"))?;
+    const RESERVED: &[&str] = &[
+        "host",
+        "origin",
+        "cookie",
+        "authorization",
+        "connection",
+        "upgrade",
+        "content-length",
+        "transfer-encoding",
+    ];
+    if RESERVED.contains(&name.as_str()) || name.as_str().starts_with("sec-") {
+        return Err(format!(
+            "`{text}` is a standard header; use a private one such as X-Screengate-Token"
+        ));
+    }
+    Ok(name)
+}
+
+/// Parses `demo`, `unix:/abs/path` or `ws://loopback-host:port/path`.
+pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
+    if text == "demo" {
+        return Ok(BackendSpec::Demo);
+    }
+    if let Some(p) = text.strip_prefix("unix:") {
+        let p = PathBuf::from(p);
+        if !p.is_absolute() {
+            return Err(format!("`{text}`: the Unix socket path must be absolute"));
+        }
+        return Ok(BackendSpec::Unix(p));
+    }
+    if let Some(rest) = text.strip_prefix("ws://") {
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        let addr: SocketAddr = match authority.rsplit_once(':') {
+            Some(("localhost", port)) => {
+                let port: u16 = port.parse().map_err(|_| format!("`{text}`: bad port"))?;
+                SocketAddr::from(([127, 0, 0, 1], port))
+            }
+            _ => authority.parse().map_err(|_| {
+                format!("`{text}`: expected ws://HOST:PORT/PATH with a loopback HOST")
+            })?,
+        };
+        if !addr.ip().is_loopback() {
+            return Err(format!("`{text}`: the backend must be on loopback"));
+        }
+        return Ok(BackendSpec::Ws {
+            authority: authority.to_owned(),
+            addr,
+            path: path.to_owned(),
+        });
+    }
+    Err(format!(
+        "`{text}` is not a backend; expected demo, unix:PATH or ws://HOST:PORT/PATH"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str, o: Overrides) -> Result<Config, ConfigError> {
+        let p = Path::new("/etc/screengate.toml");
+        Config::resolve(Some(p), parse_file(p, text)?, o)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve("", Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.token_ttl, DEFAULT_TTL);
+        assert_eq!(c.backend, BackendSpec::Demo);
+        assert_eq!(c.token_header.as_str(), "x-screengate-token");
+        assert_eq!(c.path, "/ws");
+    }
+
+    #[test]
+    fn full_file_parses_and_flags_override() {
+        let text = r#"
+state_dir = "/var/lib/sg"
+[gateway]
+listen = "127.0.0.1:9000"
+path = "/ipc"
+allowed_origins = ["https://localhost:9000"]
+backend = "unix:/run/sdk.sock"
+max_message_size = 65536
+[tokens]
+ttl = "10s"
+header = "X-Token"
+[control]
+socket = "/run/sg/control.sock"
+allowed_uids = [1000, 1001]
+group = "display"
+"#;
+        let c = resolve(
+            text,
+            Overrides {
+                listen: Some("127.0.0.2:9001".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.2:9001");
+        assert_eq!(c.backend, BackendSpec::Unix("/run/sdk.sock".into()));
+        assert_eq!(c.token_ttl, Duration::from_secs(10));
+        assert_eq!(c.allowed_uids, Some(vec![1000, 1001]));
+        assert_eq!(c.control_group.as_deref(), Some("display"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_file() {
+        for text in [
+            "bogus = 1",
+            "[gateway]\nlisten_addr = \"x\"",
+            "[tokens]\nttl = \"1s\"\nextra = 2",
+            "[nope]",
+        ] {
+            let e = resolve(text, Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains("/etc/screengate.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn refuses_non_loopback_listen() {
+        for addr in ["0.0.0.0:8933", "192.168.1.2:8933", "[::]:8933"] {
+            let e = resolve(
+                "",
+                Overrides {
+                    listen: Some(addr.into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("loopback"), "{e}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_ttls() {
+        for t in ["11m", "0s", "soon", "-1s"] {
+            assert!(
+                resolve(
+                    "",
+                    Overrides {
+                        token_ttl: Some(t.into()),
+                        ..Default::default()
+                    }
+                )
+                .is_err(),
+                "{t}"
+            );
+        }
+        assert!(
+            resolve(
+                "",
+                Overrides {
+                    token_ttl: Some("10m".into()),
+                    ..Default::default()
+                }
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn refuses_bad_origins() {
+        for o in [
+            "null",
+            "*",
+            "localhost:8933",
+            "https://localhost:8933/",
+            "file://",
+            "https://a@b",
+        ] {
+            assert!(
+                resolve(
+                    "",
+                    Overrides {
+                        origins: vec![o.into()],
+                        ..Default::default()
+                    }
+                )
+                .is_err(),
+                "{o}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_bad_backends() {
+        for b in [
+            "",
+            "unix:rel/path",
+            "ws://10.0.0.1:80/",
+            "ws://example.com:80/",
+            "http://127.0.0.1:1/",
+            "tcp:1",
+        ] {
+            assert!(parse_backend(b).is_err(), "{b}");
+        }
+        assert!(matches!(
+            parse_backend("ws://127.0.0.1:9/x"),
+            Ok(BackendSpec::Ws { .. })
+        ));
+        assert!(matches!(
+            parse_backend("ws://localhost:9"),
+            Ok(BackendSpec::Ws { .. })
+        ));
+        assert!(matches!(
+            parse_backend("ws://[::1]:9/"),
+            Ok(BackendSpec::Ws { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_reserved_header_and_bad_values() {
+        assert!(resolve("[tokens]\nheader = \"Origin\"", Overrides::default()).is_err());
+        assert!(
+            resolve(
+                "[tokens]\nheader = \"Sec-WebSocket-Protocol\"",
+                Overrides::default()
+            )
+            .is_err()
+        );
+        assert!(resolve("[tokens]\nheader = \"bad header\"", Overrides::default()).is_err());
+        assert!(resolve("[gateway]\nmax_message_size = 10", Overrides::default()).is_err());
+        assert!(resolve("[gateway]\npath = \"/\"", Overrides::default()).is_err());
+        assert!(resolve("[control]\nallowed_uids = []", Overrides::default()).is_err());
+        assert!(resolve("[gateway]\nlisten = 5", Overrides::default()).is_err());
+    }
+}

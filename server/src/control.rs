@@ -1,0 +1,332 @@
+//! The control socket: the out-of-band channel through which an allowed
+//! local user (the launcher) obtains a token.
+//!
+//! One JSON object per line, both ways. The peer's uid comes from
+//! `SO_PEERCRED` (the kernel's word, not the peer's) and must be in the
+//! allow-list. Lines are bounded ([`MAX_CONTROL_LINE`]), connections are
+//! bounded and time out, and minting is rate limited per uid.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use screengate_token::{Channel, MintError};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use crate::audit;
+use crate::limits::{
+    CONTROL_IDLE_TIMEOUT, MAX_CONTROL_CONNECTIONS, MAX_CONTROL_LINE, MINT_BURST, MINT_RATE_PER_SEC,
+};
+use crate::server::Shared;
+
+/// A parsed control request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Mint a token for a channel.
+    Mint(Channel),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    op: String,
+    channel: Option<String>,
+}
+
+/// Why a line is not a request; the message goes back to the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest(pub String);
+
+/// Parses one request line (without its newline).
+pub fn parse_request(line: &[u8]) -> Result<Request, BadRequest> {
+    let text = std::str::from_utf8(line).map_err(|_| BadRequest("line is not UTF-8".into()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(BadRequest("empty line; send one JSON object per line, e.g. {\"op\":\"mint\",\"channel\":\"display\"}".into()));
+    }
+    let raw: RawRequest = serde_json::from_str(text).map_err(|e| {
+        BadRequest(format!(
+            "not a request object: {e}; expected {{\"op\":\"mint\",\"channel\":\"display\"}}"
+        ))
+    })?;
+    match raw.op.as_str() {
+        "mint" => {
+            let ch = raw.channel.as_deref().unwrap_or("display");
+            let channel = ch.parse().map_err(|()| {
+                BadRequest(format!(
+                    "unknown channel `{}`; expected display or native",
+                    ch.escape_debug()
+                ))
+            })?;
+            Ok(Request::Mint(channel))
+        }
+        other => Err(BadRequest(format!(
+            "unknown op `{}`; the only op is mint",
+            other.escape_debug()
+        ))),
+    }
+}
+
+/// Per-uid token buckets for minting.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    pub buckets: HashMap<u32, Bucket>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    /// Takes one mint for `uid`, or says how long until one is available.
+    pub fn take(&mut self, uid: u32, now: Instant) -> Result<(), Duration> {
+        let burst = f64::from(MINT_BURST);
+        let rate = f64::from(MINT_RATE_PER_SEC);
+        // The map holds one entry per allowed uid at most (only allowed
+        // uids reach here), so it is bounded by the allow-list.
+        let b = self.buckets.entry(uid).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+}
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.changed() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept failed");
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handle(shared, stream).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(shared: Arc<Shared>, stream: UnixStream) {
+    let uid = match stream.peer_cred() {
+        Ok(c) => c.uid(),
+        Err(e) => {
+            tracing::warn!(error = %e, "control peer credentials unavailable; closing");
+            return;
+        }
+    };
+    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+    let authorized = shared.allowed_uids.contains(&uid);
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = BufReader::new(rd);
+    let mut shutdown = shared.shutdown.clone();
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let limit = u64::try_from(MAX_CONTROL_LINE + 1).unwrap_or(u64::MAX);
+        let mut bounded = (&mut reader).take(limit);
+        let read = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = tokio::time::timeout(CONTROL_IDLE_TIMEOUT, bounded.read_until(b'\n', &mut line)) => r,
+        };
+        let n = match read {
+            Err(_) => return, // idle
+            Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        if line.last() != Some(&b'\n') && line.len() > MAX_CONTROL_LINE {
+            audit!(
+                warn,
+                event = "control_rejected",
+                reason = "line_too_long",
+                uid,
+                pid
+            );
+            let _ = write_line(
+                &mut wr,
+                &json!({"ok": false, "error": "line_too_long",
+                "message": format!("request line longer than {MAX_CONTROL_LINE} bytes; closing")}),
+            )
+            .await;
+            return;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if !authorized {
+            audit!(
+                warn,
+                event = "control_rejected",
+                reason = "not_authorized",
+                uid,
+                pid
+            );
+            let _ = write_line(&mut wr, &json!({"ok": false, "error": "not_authorized"})).await;
+            return;
+        }
+        let reply = match parse_request(&line) {
+            Err(BadRequest(message)) => {
+                tracing::debug!(uid, %message, "bad control request");
+                json!({"ok": false, "error": "bad_request", "message": message})
+            }
+            Ok(Request::Mint(channel)) => mint(&shared, uid, pid, channel),
+        };
+        if write_line(&mut wr, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn mint(shared: &Shared, uid: u32, pid: Option<i32>, channel: Channel) -> serde_json::Value {
+    let limited = shared
+        .rate
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take(uid, Instant::now());
+    if let Err(wait) = limited {
+        let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        audit!(
+            warn,
+            event = "mint_refused",
+            reason = "rate_limited",
+            uid,
+            pid
+        );
+        return json!({"ok": false, "error": "rate_limited", "retry_after_ms": retry_after_ms});
+    }
+    match shared.authority.mint(channel) {
+        Err(MintError::LedgerFull) => {
+            audit!(
+                warn,
+                event = "mint_refused",
+                reason = "ledger_full",
+                uid,
+                pid
+            );
+            json!({"ok": false, "error": "ledger_full",
+                "message": "too many recently used tokens; retry after the token TTL", "retry_after_ms":
+                u64::try_from(shared.cfg.token_ttl.as_millis()).unwrap_or(u64::MAX)})
+        }
+        Ok(m) => {
+            audit!(info, event = "mint", uid, pid, channel = channel.as_str(), token_id = %m.id);
+            let port = shared.port;
+            json!({
+                "ok": true,
+                "token": m.token.expose_secret(),
+                "header": shared.token_header_display,
+                "url": format!("https://localhost:{port}/"),
+                "ws_url": format!("wss://localhost:{port}{}", shared.cfg.path),
+                "origin": shared.origin(),
+                "spki_pin": shared.server_pin,
+                "channel": channel.as_str(),
+                "expires_in_ms": u64::try_from(m.expires_in.as_millis()).unwrap_or(u64::MAX),
+            })
+        }
+    }
+}
+
+async fn write_line(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &serde_json::Value,
+) -> std::io::Result<()> {
+    // The reply may hold a token: keep the serialized bytes in a buffer that
+    // is wiped when dropped.
+    let mut buf =
+        Zeroizing::new(serde_json::to_vec(v).unwrap_or_else(|_| b"{\"ok\":false}".to_vec()));
+    buf.push(b'\n');
+    wr.write_all(&buf).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mint() {
+        assert_eq!(
+            parse_request(br#"{"op":"mint","channel":"display"}"#),
+            Ok(Request::Mint(Channel::Display))
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"mint"}"#),
+            Ok(Request::Mint(Channel::Display))
+        );
+        assert_eq!(
+            parse_request(br#" {"op":"mint","channel":"native"} "#),
+            Ok(Request::Mint(Channel::Native))
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_lines_with_messages() {
+        for line in [
+            &b""[..],
+            b"   ",
+            b"mint",
+            b"{",
+            b"[]",
+            b"null",
+            br#"{"op":"mint","channel":"root"}"#,
+            br#"{"op":"delete"}"#,
+            br#"{"op":"mint","extra":1}"#,
+            br#"{"op":1}"#,
+            br#"{"channel":"display"}"#,
+            b"\xff\xfe",
+        ] {
+            let e = parse_request(line).unwrap_err();
+            assert!(!e.0.is_empty());
+        }
+    }
+
+    #[test]
+    fn rate_limiter_allows_burst_then_limits_then_refills() {
+        let mut r = RateLimiter {
+            buckets: HashMap::new(),
+        };
+        let t0 = Instant::now();
+        for _ in 0..MINT_BURST {
+            r.take(1, t0).unwrap();
+        }
+        let wait = r.take(1, t0).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        // another uid has its own bucket
+        r.take(2, t0).unwrap();
+        // one second later: MINT_RATE_PER_SEC more
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..MINT_RATE_PER_SEC {
+            r.take(1, t1).unwrap();
+        }
+        assert!(r.take(1, t1).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The TLS gateway: accept, bound the unauthenticated, handshake, serve
+//! HTTP/1.1 with upgrades, route `/` to the display app and the WebSocket
+//! path to the guard.
+//!
+//! Invariant: a connection is "pending" from accept until it ends or its
+//! upgrade hands it to a session; at most [`MAX_PENDING_CONNECTIONS`] are
+//! pending, and admitting one more closes the oldest.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+
+use crate::limits::{
+    MAX_PENDING_CONNECTIONS, MAX_REQUEST_HEAD, REQUEST_HEAD_TIMEOUT, TLS_HANDSHAKE_TIMEOUT,
+};
+use crate::server::Shared;
+
+/// The peer address, inserted into every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub SocketAddr);
+
+/// The registry of pending (unauthenticated) connections.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    inner: Mutex<PendingInner>,
+}
+
+#[derive(Debug, Default)]
+struct PendingInner {
+    next_id: u64,
+    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+/// Held by a pending connection; leaving the registry on drop.
+pub(crate) struct PendingSlot {
+    id: u64,
+    registry: Arc<Pending>,
+}
+
+impl Pending {
+    /// Admits a connection, evicting the oldest pending one when full.
+    pub fn admit(self: &Arc<Self>) -> (PendingSlot, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.queue.len() >= MAX_PENDING_CONNECTIONS
+            && let Some((_, evict)) = inner.queue.pop_front()
+        {
+            let _ = evict.send(());
+        }
+        let id = inner.next_id;
+        inner.next_id = inner.next_id.wrapping_add(1);
+        inner.queue.push_back((id, tx));
+        (
+            PendingSlot {
+                id,
+                registry: self.clone(),
+            },
+            rx,
+        )
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut inner = self
+            .registry
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(pos) = inner.queue.iter().position(|(id, _)| *id == self.id) {
+            inner.queue.remove(pos);
+        }
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let path = shared.cfg.path.clone();
+    Router::new()
+        .route(&path, get(crate::guard::upgrade))
+        .route("/", get(crate::web::index))
+        .fallback(crate::web::static_file)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::web::security_headers,
+        ))
+        .with_state(shared)
+}
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let router = router(shared.clone());
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (slot, evicted) = shared.pending.admit();
+        let shared = shared.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            connection(shared, router, tcp, peer, evicted).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    router: Router,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut evicted: oneshot::Receiver<()>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut shutdown = shared.shutdown.clone();
+    let tls = tokio::select! {
+        _ = &mut evicted => { tracing::debug!(%peer, "evicted during TLS handshake"); return }
+        _ = shutdown.changed() => return,
+        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, shared.tls.accept(tcp)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "TLS handshake failed"); return }
+            Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return }
+        },
+    };
+    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        router.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .keep_alive(true);
+    let conn = builder
+        .serve_connection(TokioIo::new(tls), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r { tracing::debug!(%peer, error = %e, "HTTP connection ended with error"); }
+        }
+        _ = &mut evicted => {
+            tracing::debug!(%peer, "evicted: pending connection limit reached");
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The WebSocket upgrade guard: nothing reaches the backend until every
+//! check has passed, in this order:
+//!
+//! 1. well-formed (else 400): no query string, exactly one `Host`, at most
+//!    one `Origin` and one token header, a token that is non-empty visible
+//!    ASCII, a valid WebSocket upgrade;
+//! 2. `Host` is the listener's own name (DNS-rebinding defence)  → 403;
+//! 3. `Origin` equals an allowed origin byte for byte            → 403;
+//! 4. the token verifies for channel `display`, unexpired       → 403;
+//! 5. a session slot is free                                      → 503;
+//! 6. the backend connects (token NOT consumed on failure)        → 503;
+//! 7. the token is consumed atomically (exactly one racer wins)   → 403;
+//! 8. 101, and the proxy takes a [`Session`] only this module builds.
+//!
+//! The peer sees a uniform body per status; the reason goes to the audit
+//! log with the token-id prefix, never the token. The token is read from its
+//! header only: never the query string, a cookie or `Sec-WebSocket-Protocol`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, Uri};
+use screengate_token::{Channel, Consumed, Rejection};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::audit;
+use crate::gateway::Peer;
+use crate::server::Shared;
+
+/// Why a handshake was refused (the audit reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Malformed request → 400.
+    BadRequest(&'static str),
+    /// `Host` is not the listener's own name → 403.
+    BadHost,
+    /// No `Origin` header → 403.
+    MissingOrigin,
+    /// `Origin` not in the allow-list → 403.
+    BadOrigin,
+    /// No token header → 403.
+    MissingToken,
+    /// The token was refused → 403.
+    Token(Rejection),
+    /// All session slots are taken → 503.
+    SessionLimit,
+    /// The backend could not be reached → 503.
+    BackendUnavailable,
+}
+
+impl Refusal {
+    /// The audit reason string.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(r) => r,
+            Refusal::BadHost => "bad_host",
+            Refusal::MissingOrigin => "missing_origin",
+            Refusal::BadOrigin => "bad_origin",
+            Refusal::MissingToken => "missing_token",
+            Refusal::Token(r) => r.as_str(),
+            Refusal::SessionLimit => "session_limit",
+            Refusal::BackendUnavailable => "backend_unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::SessionLimit | Refusal::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match status {
+            StatusCode::BAD_REQUEST => "bad request\n",
+            StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
+            _ => "forbidden\n",
+        };
+        (status, body).into_response()
+    }
+}
+
+/// What the guard needs to know about the listener.
+#[derive(Debug)]
+pub struct Policy<'a> {
+    /// The listener's port.
+    pub port: u16,
+    /// The listener's IP (its literal is also an accepted Host).
+    pub listen_ip: IpAddr,
+    /// Allowed origins, exact.
+    pub origins: &'a [String],
+    /// The token header.
+    pub token_header: &'a http::HeaderName,
+}
+
+/// Steps 1–3 and the structural part of 4: returns the presented token text.
+pub fn check_request<'h>(
+    headers: &'h HeaderMap,
+    uri: &Uri,
+    policy: &Policy<'_>,
+) -> Result<&'h str, Refusal> {
+    // 1. well-formed
+    if uri.query().is_some() {
+        return Err(Refusal::BadRequest("query_string"));
+    }
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) => return Err(Refusal::BadRequest("missing_host")),
+        (Some(_), Some(_)) => return Err(Refusal::BadRequest("duplicate_host")),
+        (Some(h), None) => h,
+    };
+    let mut origins = headers.get_all(http::header::ORIGIN).iter();
+    let origin = origins.next();
+    if origins.next().is_some() {
+        return Err(Refusal::BadRequest("duplicate_origin"));
+    }
+    let mut tokens = headers.get_all(policy.token_header).iter();
+    let token = tokens.next();
+    if tokens.next().is_some() {
+        return Err(Refusal::BadRequest("duplicate_token"));
+    }
+    let token = match token {
+        None => None,
+        Some(v) if v.is_empty() => return Err(Refusal::BadRequest("empty_token")),
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Refusal::BadRequest("non_ascii_token"))?,
+        ),
+    };
+    let host = host
+        .to_str()
+        .map_err(|_| Refusal::BadRequest("non_ascii_host"))?;
+
+    // 2. Host is our own name
+    if !host_is_ours(host, policy.port, policy.listen_ip) {
+        return Err(Refusal::BadHost);
+    }
+    // 3. Origin, byte for byte
+    let origin = origin.ok_or(Refusal::MissingOrigin)?;
+    if !policy
+        .origins
+        .iter()
+        .any(|o| o.as_bytes() == origin.as_bytes())
+    {
+        return Err(Refusal::BadOrigin);
+    }
+    token.ok_or(Refusal::MissingToken)
+}
+
+/// `localhost:<port>` (any ASCII case), `127.0.0.1:<port>`, `[::1]:<port>`
+/// or the listen IP's literal; the port must be present and exact.
+pub fn host_is_ours(host: &str, port: u16, listen_ip: IpAddr) -> bool {
+    let (name, port_text) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((inner, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let Some(p) = after.strip_prefix(':') else {
+            return false;
+        };
+        (format!("[{inner}]"), p)
+    } else {
+        let Some((n, p)) = host.rsplit_once(':') else {
+            return false;
+        };
+        (n.to_owned(), p)
+    };
+    if port_text != port.to_string() {
+        return false;
+    }
+    let own_literal = match listen_ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name == "127.0.0.1"
+        || name == "[::1]"
+        || name == own_literal
+}
+
+/// An authenticated session: built only here, after the token was
+/// consumed. The proxy takes this, never a token string.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub consumed: Consumed,
+    pub peer: std::net::SocketAddr,
+    pub _slot: OwnedSemaphorePermit,
+}
+
+fn refuse(peer: &Peer, refusal: Refusal, token_id: Option<String>) -> Response {
+    audit!(warn, event = "rejected", reason = refusal.reason(), peer = %peer.0,
+        token_id = token_id.as_deref().unwrap_or("-"));
+    refusal.into_response()
+}
+
+pub(crate) async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let policy = Policy {
+        port: shared.port,
+        listen_ip: shared.listen_ip,
+        origins: &shared.origins,
+        token_header: &shared.cfg.token_header,
+    };
+    let text = match check_request(&headers, &uri, &policy) {
+        Ok(t) => t,
+        Err(r) => return refuse(&peer, r, None),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => return refuse(&peer, Refusal::BadRequest("not_websocket_upgrade"), None),
+    };
+    let verified = match shared.authority.verify(text, Channel::Display) {
+        Ok(v) => v,
+        Err(r) => {
+            return refuse(
+                &peer,
+                Refusal::Token(r),
+                screengate_token::claimed_id_prefix(text),
+            );
+        }
+    };
+    let id = verified.id().prefix();
+    let Ok(slot) = shared.sessions.clone().try_acquire_owned() else {
+        return refuse(&peer, Refusal::SessionLimit, Some(id));
+    };
+    let backend =
+        match crate::backend::connect(&shared.cfg.backend, shared.cfg.max_message_size).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "backend connect failed");
+                return refuse(&peer, Refusal::BackendUnavailable, Some(id));
+            }
+        };
+    let consumed = match shared.authority.consume(verified) {
+        Ok(c) => c,
+        Err(r) => return refuse(&peer, Refusal::Token(r), Some(id)),
+    };
+    audit!(info, event = "accepted", peer = %peer.0, token_id = %consumed.id(), channel = consumed.channel().as_str());
+    let session = Session {
+        consumed,
+        peer: peer.0,
+        _slot: slot,
+    };
+    let shutdown = shared.shutdown.clone();
+    ws.max_message_size(shared.cfg.max_message_size)
+        .max_frame_size(shared.cfg.max_message_size)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed after 101"))
+        .on_upgrade(move |socket| crate::proxy::run(socket, backend, session, shutdown))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use std::net::Ipv4Addr;
+
+    const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn host_accepts_own_names_only() {
+        for h in [
+            "localhost:8933",
+            "LOCALHOST:8933",
+            "LocalHost:8933",
+            "127.0.0.1:8933",
+            "[::1]:8933",
+        ] {
+            assert!(host_is_ours(h, 8933, LO), "{h}");
+        }
+        for h in [
+            "localhost",
+            "localhost:8934",
+            "localhost:08933",
+            "localhost:+8933",
+            "localhost.:8933",
+            "evil.com:8933",
+            "localhost.evil.com:8933",
+            "127.0.0.2:8933",
+            "[::1]",
+            "[::2]:8933",
+            "::1:8933",
+            "",
+            ":8933",
+            "localhost:8933:8933",
+            "127.0.0.1:8933 ",
+            "[::1:8933",
+            "localhost :8933",
+            "0.0.0.0:8933",
+            "2130706433:8933",
+        ] {
+            assert!(!host_is_ours(h, 8933, LO), "{h}");
+        }
+        assert!(host_is_ours("127.0.0.2:1", 1, "127.0.0.2".parse().unwrap()));
+    }
+
+    fn hm(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn check(pairs: &[(&str, &[u8])], uri: &str) -> Result<String, Refusal> {
+        let origins = vec!["https://localhost:8933".to_owned()];
+        let name = http::HeaderName::from_static("x-screengate-token");
+        let p = Policy {
+            port: 8933,
+            listen_ip: LO,
+            origins: &origins,
+            token_header: &name,
+        };
+        check_request(&hm(pairs), &uri.parse().unwrap(), &p).map(str::to_owned)
+    }
+
+    const H: (&str, &[u8]) = ("host", b"localhost:8933");
+    const O: (&str, &[u8]) = ("origin", b"https://localhost:8933");
+    const T: (&str, &[u8]) = ("x-screengate-token", b"tok");
+
+    #[test]
+    fn good_request_passes_to_token_check() {
+        assert_eq!(check(&[H, O, T], "/ws").unwrap(), "tok");
+    }
+
+    #[test]
+    fn malformed_requests_are_400() {
+        type Case<'a> = (Vec<(&'a str, &'a [u8])>, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
+            (vec![O, T], "/ws", "missing_host"),
+            (vec![H, H, O, T], "/ws", "duplicate_host"),
+            (vec![H, O, O, T], "/ws", "duplicate_origin"),
+            (vec![H, O, T, T], "/ws", "duplicate_token"),
+            (
+                vec![H, O, ("x-screengate-token", b"")],
+                "/ws",
+                "empty_token",
+            ),
+            (
+                vec![H, O, ("x-screengate-token", b"t\xc3\xa9")],
+                "/ws",
+                "non_ascii_token",
+            ),
+            (vec![H, O, T], "/ws?token=abc", "query_string"),
+            (vec![H, O], "/ws?x-screengate-token=abc", "query_string"),
+        ];
+        for (h, uri, why) in cases {
+            assert_eq!(check(&h, uri).unwrap_err(), Refusal::BadRequest(why));
+        }
+    }
+
+    #[test]
+    fn wrong_host_is_403() {
+        for h in [&b"evil.com:8933"[..], b"localhost:1", b"localhost"] {
+            assert_eq!(
+                check(&[("host", h), O, T], "/ws").unwrap_err(),
+                Refusal::BadHost
+            );
+        }
+    }
+
+    #[test]
+    fn origin_must_match_byte_for_byte() {
+        assert_eq!(check(&[H, T], "/ws").unwrap_err(), Refusal::MissingOrigin);
+        for o in [
+            &b"null"[..],
+            b"https://localhost:8934",
+            b"http://localhost:8933",
+            b"https://LOCALHOST:8933",
+            b"https://localhost:8933/",
+            b"https://localhost",
+            b"https://127.0.0.1:8933",
+            b"https://localhost.:8933",
+            b"https://localhost:8933.evil.com",
+            b"https://evil.com",
+            b"wss://localhost:8933",
+            b"file://",
+            b" https://localhost:8933",
+            b"https://localhost:08933",
+        ] {
+            assert_eq!(
+                check(&[H, ("origin", o), T], "/ws").unwrap_err(),
+                Refusal::BadOrigin,
+                "{o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_token_is_403_after_host_and_origin() {
+        assert_eq!(check(&[H, O], "/ws").unwrap_err(), Refusal::MissingToken);
+        // a token only in a cookie or subprotocol is not a token
+        assert_eq!(
+            check(
+                &[
+                    H,
+                    O,
+                    ("cookie", b"x-screengate-token=abc"),
+                    ("sec-websocket-protocol", b"abc")
+                ],
+                "/ws"
+            )
+            .unwrap_err(),
+            Refusal::MissingToken
+        );
+    }
+}

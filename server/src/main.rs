@@ -1,0 +1,260 @@
+//! `screengate`: argument parsing, tracing setup and exit codes only; the
+//! work is in the library (`screengate_server::commands`, `run`).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use screengate_server::commands;
+use screengate_server::config::default_state_dir;
+use screengate_server::{InitOutcomeExt as _, Overrides};
+
+/// Exit code for bad configuration (BSD EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "screengate",
+    version,
+    about = "Secures the local link between a smart-screen display client and the voice SDK."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the device identity (never overwrites without --force).
+    Init {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Replace an existing identity (a new device identity: re-pin clients).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the SPKI pin of the server (or client) certificate.
+    Pin {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        client: bool,
+    },
+    /// Run the gateway, control socket and proxy.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        control: Option<PathBuf>,
+        #[arg(long)]
+        backend: Option<String>,
+        #[arg(long)]
+        token_ttl: Option<String>,
+        #[arg(long = "allow-uid")]
+        allow_uid: Vec<u32>,
+        #[arg(long = "origin")]
+        origin: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Ask a running server for a token; prints the control socket's reply.
+    Mint {
+        #[arg(long)]
+        control: Option<PathBuf>,
+        #[arg(long, default_value = "display")]
+        channel: String,
+    },
+    /// Validate config, identity and file permissions without serving.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Serve the demo echo backend on a Unix socket (tests and benchmarks).
+    #[command(hide = true)]
+    DemoBackend {
+        #[arg(long)]
+        unix: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("screengate: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Init { state_dir, force } => match commands::init(&state_dir, force) {
+            Ok(r) => {
+                if r.outcome.is_noop() {
+                    eprintln!(
+                        "screengate: identity already present in {}; not overwriting (use --force to replace it)",
+                        state_dir.display()
+                    );
+                }
+                println!("server spki pin: {}", r.server_pin);
+                println!("client spki pin: {}", r.client_pin);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("screengate: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Pin { state_dir, client } => {
+            match commands::pin(&state_dir.unwrap_or_else(default_state_dir), client) {
+                Ok(p) => {
+                    println!("{p}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("screengate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Check { common } => {
+            let o = Overrides {
+                state_dir: common.state_dir,
+                ..Default::default()
+            };
+            let problems = commands::check(common.config.as_deref(), o);
+            if problems.is_empty() {
+                println!("ok");
+                ExitCode::SUCCESS
+            } else {
+                for p in &problems {
+                    eprintln!("screengate: {p}");
+                }
+                ExitCode::from(EXIT_CONFIG)
+            }
+        }
+        Cmd::Mint { control, channel } => {
+            let control = control.unwrap_or_else(|| default_state_dir().join("control.sock"));
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            match rt.block_on(commands::mint(&control, &channel)) {
+                Ok(line) => {
+                    println!("{line}");
+                    if line.starts_with(r#"{"ok":true"#) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("screengate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::DemoBackend { unix } => {
+            init_tracing(LogFormat::Text);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            match rt.block_on(screengate_server::demo::serve_unix(
+                &unix,
+                screengate_server::config::DEFAULT_MAX_MESSAGE,
+                terminated(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("screengate: demo backend {}: {e}", unix.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Serve {
+            common,
+            listen,
+            control,
+            backend,
+            token_ttl,
+            allow_uid,
+            origin,
+            log_format,
+        } => {
+            init_tracing(log_format);
+            let o = Overrides {
+                state_dir: common.state_dir,
+                listen,
+                control,
+                backend,
+                token_ttl,
+                allow_uids: allow_uid,
+                origins: origin,
+                user: None,
+            };
+            let cfg = match commands::load_config(common.config.as_deref(), o) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("screengate: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(c) => return c,
+            };
+            match rt.block_on(screengate_server::run(cfg, terminated())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("screengate: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Server assembly: resolve identity, check permissions, bind the TLS and
+//! control listeners, run the accept loops, and shut down cleanly.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use http::HeaderValue;
+use screengate_identity::fsutil::{self, Kind};
+use screengate_identity::{IdentityError, StateDir};
+use screengate_token::{Authority, AuthorityError, MonotonicClock};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::info;
+
+use crate::config::Config;
+use crate::control::RateLimiter;
+use crate::gateway::Pending;
+use crate::limits::SHUTDOWN_GRACE;
+
+/// Why the server refused to start. Each names the file or address.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The device identity could not be created or loaded.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Files are owned or permitted wrongly (every problem, one per line).
+    #[error("refusing to start: unsafe file permissions:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Permissions(Vec<IdentityError>),
+    /// A listener could not be bound.
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address or path.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The control socket path is unsafe to create or replace.
+    #[error("{path}: {what}")]
+    SocketPath {
+        /// The socket path or its directory.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        what: String,
+    },
+    /// The TLS configuration was refused by rustls.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The token authority could not be built.
+    #[error("token authority: {0}")]
+    Token(#[from] AuthorityError),
+}
+
+/// State shared by every task of one server run.
+pub(crate) struct Shared {
+    pub cfg: Config,
+    pub authority: Authority<MonotonicClock>,
+    pub port: u16,
+    pub listen_ip: IpAddr,
+    pub origins: Vec<String>,
+    pub allowed_uids: Vec<u32>,
+    pub server_pin: String,
+    pub token_header_display: String,
+    pub tls: TlsAcceptor,
+    pub sessions: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+    pub pending: Arc<Pending>,
+    pub rate: Mutex<RateLimiter>,
+    pub csp: HeaderValue,
+}
+
+impl Shared {
+    pub fn origin(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    shared: Arc<Shared>,
+    tcp: TcpListener,
+    control: UnixListener,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("port", &self.shared.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Loads (creating if absent) the identity, checks every protected file,
+    /// and binds both listeners. Nothing is served yet.
+    pub async fn bind(cfg: Config) -> Result<Server, ServerError> {
+        let uid = fsutil::euid();
+        let state = StateDir::new(&cfg.state_dir, cfg.credentials_dir.clone());
+        let mut problems = Vec::new();
+        if let Some(file) = &cfg.file {
+            problems.extend(fsutil::check_path(file, Kind::Protected, uid));
+        }
+        if state.path().exists() {
+            problems.extend(state.check_permissions(uid));
+        }
+        if !problems.is_empty() {
+            return Err(ServerError::Permissions(problems));
+        }
+        let outcome = state.init(false)?;
+        if outcome != screengate_identity::InitOutcome::AlreadyPresent {
+            info!(state_dir = %cfg.state_dir.display(), ?outcome, "device identity created");
+        }
+        let problems = state.check_permissions(uid);
+        if !problems.is_empty() {
+            return Err(ServerError::Permissions(problems));
+        }
+        let identity = state.load()?;
+        let authority = Authority::new(&identity.device_key, cfg.token_ttl, MonotonicClock::new())?;
+        let tls = TlsAcceptor::from(crate::tls::server_config(&identity)?);
+        let server_pin = identity.server_pin.to_string();
+        drop(identity);
+
+        let tcp = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "gateway listener",
+                addr: cfg.listen.to_string(),
+                source,
+            })?;
+        let local: SocketAddr = tcp.local_addr().map_err(|source| ServerError::Bind {
+            what: "gateway listener",
+            addr: cfg.listen.to_string(),
+            source,
+        })?;
+        let control = bind_private_socket(&cfg.control_socket, cfg.control_group.as_deref(), uid)?;
+
+        let port = local.port();
+        let origins = cfg
+            .allowed_origins
+            .clone()
+            .unwrap_or_else(|| vec![format!("https://localhost:{port}")]);
+        let allowed_uids = cfg.allowed_uids.clone().unwrap_or_else(|| vec![uid]);
+        let csp = HeaderValue::from_str(&format!(
+            "default-src 'self'; connect-src wss://localhost:{port}; frame-ancestors 'none'; \
+             frame-src 'none'; object-src 'none'; base-uri 'none'"
+        ))
+        .map_err(|_| ServerError::SocketPath {
+            path: PathBuf::new(),
+            what: "CSP".into(),
+        })?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let token_header_display = display_header(cfg.token_header.as_str());
+        info!(
+            listen = %local,
+            control = %cfg.control_socket.display(),
+            backend = %cfg.backend,
+            run = ?authority.run_id(),
+            ttl = %humantime::format_duration(cfg.token_ttl),
+            "screengate bound"
+        );
+        let shared = Arc::new(Shared {
+            sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
+            authority,
+            port,
+            listen_ip: local.ip(),
+            origins,
+            allowed_uids,
+            server_pin,
+            token_header_display,
+            tls,
+            shutdown: shutdown_rx,
+            pending: Arc::new(Pending::default()),
+            rate: Mutex::new(RateLimiter {
+                buckets: HashMap::new(),
+            }),
+            csp,
+            cfg,
+        });
+        Ok(Server {
+            shared,
+            tcp,
+            control,
+            shutdown_tx,
+        })
+    }
+
+    /// The gateway's bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.shared.listen_ip, self.shared.port)
+    }
+
+    /// The control socket path.
+    pub fn control_path(&self) -> &Path {
+        &self.shared.cfg.control_socket
+    }
+
+    /// The gateway certificate's SPKI pin.
+    pub fn server_pin(&self) -> &str {
+        &self.shared.server_pin
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, closes
+    /// sessions with 1001 and returns within [`SHUTDOWN_GRACE`].
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server {
+            shared,
+            tcp,
+            control,
+            shutdown_tx,
+        } = self;
+        let gw = tokio::spawn(crate::gateway::accept_loop(shared.clone(), tcp));
+        let ctl = tokio::spawn(crate::control::accept_loop(shared.clone(), control));
+        shutdown.await;
+        info!("shutdown requested: closing listeners and sessions");
+        let _ = shutdown_tx.send(true);
+        let _ = gw.await;
+        let _ = ctl.await;
+        let max = u32::try_from(shared.cfg.max_sessions).unwrap_or(u32::MAX);
+        if tokio::time::timeout(SHUTDOWN_GRACE, shared.sessions.acquire_many(max))
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions still open after the grace period; exiting anyway");
+        }
+        let _ = std::fs::remove_file(&shared.cfg.control_socket);
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Binds and serves until `shutdown`. The whole server in one call.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    Server::bind(cfg).await?.serve(shutdown).await
+}
+
+fn display_header(lower: &str) -> String {
+    lower
+        .split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Binds a Unix socket that only its owner (and `group`, if given) can
+/// use: refuses unsafe directories, symlinks, foreign files and live
+/// sockets; replaces a stale socket of our own.
+pub(crate) fn bind_private_socket(
+    path: &Path,
+    group: Option<&str>,
+    uid: u32,
+) -> Result<UnixListener, ServerError> {
+    let err = |p: &Path, what: String| ServerError::SocketPath {
+        path: p.to_owned(),
+        what,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)
+            .map_err(|e| err(dir, format!("cannot create socket directory: {e}")))?;
+    }
+    let dmeta = std::fs::metadata(dir).map_err(|e| err(dir, format!("cannot stat: {e}")))?;
+    if dmeta.mode() & 0o022 != 0 {
+        return Err(err(
+            dir,
+            format!(
+                "socket directory has mode {:04o}: writable by group or others, who could replace the socket; fix: chmod go-w {}",
+                dmeta.mode() & 0o7777,
+                dir.display()
+            ),
+        ));
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(path, format!("cannot stat: {e}"))),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(err(
+                path,
+                "is a symbolic link; refusing to follow or remove it".into(),
+            ));
+        }
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(err(
+                path,
+                "exists and is not a socket; refusing to remove it".into(),
+            ));
+        }
+        Ok(m) if m.uid() != uid => {
+            return Err(err(
+                path,
+                format!(
+                    "is a socket owned by uid {}, not us (uid {uid}); refusing to replace it",
+                    m.uid()
+                ),
+            ));
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(err(
+                    path,
+                    "another server is already listening on this socket".into(),
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| err(path, format!("cannot remove stale socket: {e}")))?;
+        }
+    }
+    let gid = match group {
+        None => None,
+        Some(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Some(g.gid.as_raw()),
+            Ok(None) => return Err(err(path, format!("group `{name}` does not exist"))),
+            Err(e) => return Err(err(path, format!("cannot look up group `{name}`: {e}"))),
+        },
+    };
+    // The socket is created with our umask: make it owner-only from birth
+    // so there is no window in which others could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(|source| ServerError::Bind {
+        what: "control socket",
+        addr: path.display().to_string(),
+        source,
+    })?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| err(path, format!("cannot give the socket to its group: {e}")))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| err(path, format!("chmod: {e}")))?;
+    } else {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err(path, format!("chmod: {e}")))?;
+    }
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_display_form() {
+        assert_eq!(display_header("x-screengate-token"), "X-Screengate-Token");
+    }
+}

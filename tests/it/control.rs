@@ -1,0 +1,124 @@
+//! The control socket protocol: replies, errors, limits, permissions.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use screengate_tests::control;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::harness::{start, start_with};
+
+#[tokio::test]
+async fn socket_is_owner_only() {
+    let s = start().await;
+    let m = std::fs::metadata(&s.control).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    assert_eq!(m.uid(), nix_uid());
+}
+
+fn nix_uid() -> u32 {
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+#[tokio::test]
+async fn malformed_lines_get_errors_and_the_connection_stays_usable() {
+    let s = start().await;
+    let stream = tokio::net::UnixStream::connect(&s.control).await.unwrap();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    for bad in [
+        "not json",
+        "{}",
+        r#"{"op":"mint","channel":"root"}"#,
+        r#"{"op":"drop"}"#,
+        "[1,2]",
+        "",
+    ] {
+        wr.write_all(format!("{bad}\n").as_bytes()).await.unwrap();
+        let mut line = String::new();
+        rd.read_line(&mut line).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], false, "{bad}");
+        assert_eq!(v["error"], "bad_request");
+        assert!(!v["message"].as_str().unwrap().is_empty());
+    }
+    wr.write_all(b"{\"op\":\"mint\",\"channel\":\"display\"}\n")
+        .await
+        .unwrap();
+    let mut line = String::new();
+    rd.read_line(&mut line).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ok"], true);
+}
+
+#[tokio::test]
+async fn over_long_line_closes_the_connection() {
+    let s = start().await;
+    let stream = tokio::net::UnixStream::connect(&s.control).await.unwrap();
+    let (rd, mut wr) = stream.into_split();
+    let _ = wr.write_all(&vec![b'a'; 5000]).await;
+    let mut all = String::new();
+    BufReader::new(rd).read_to_string(&mut all).await.unwrap();
+    let first: serde_json::Value = serde_json::from_str(all.lines().next().unwrap()).unwrap();
+    assert_eq!(first["error"], "line_too_long");
+    assert_eq!(all.lines().count(), 1, "connection closed after one reply");
+}
+
+#[tokio::test]
+async fn uid_not_in_allow_list_is_not_authorized() {
+    let s = start_with(|o, _| o.allow_uids = vec![nix_uid().wrapping_add(12345)]).await;
+    let v = control(&s.control, r#"{"op":"mint","channel":"display"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"ok": false, "error": "not_authorized"})
+    );
+}
+
+#[tokio::test]
+async fn minting_is_rate_limited_per_uid() {
+    let s = start().await;
+    let stream = tokio::net::UnixStream::connect(&s.control).await.unwrap();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut ok = 0;
+    let mut limited = None;
+    for _ in 0..40 {
+        wr.write_all(b"{\"op\":\"mint\"}\n").await.unwrap();
+        let mut line = String::new();
+        rd.read_line(&mut line).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["ok"] == true {
+            ok += 1;
+        } else {
+            limited = Some(v);
+            break;
+        }
+    }
+    assert!(ok >= 20, "burst of at least 20, got {ok}");
+    let v = limited.expect("rate limit reached within 40 requests");
+    assert_eq!(v["error"], "rate_limited");
+    assert!(v["retry_after_ms"].as_u64().unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn group_socket_is_0660_and_group_owned() {
+    // root's group always exists; the test runs as any uid whose primary
+    // group we can name.
+    let gid = std::fs::metadata("/proc/self").unwrap().gid();
+    let Some(name) = group_name(gid) else { return };
+    let s = start_with(|_, f| f.control.group = Some(name)).await;
+    let m = std::fs::metadata(&s.control).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o660);
+    assert_eq!(m.gid(), gid);
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _ = f.next();
+        (f.next()?.parse::<u32>().ok()? == gid).then(|| name.to_owned())
+    })
+}
