@@ -1,1 +1,36 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in Rust so that green locally
+//! means green in CI. Shell (`.ci/run`) only installs packages.
+//!
+//! * `ci`   — fmt check, clippy -D warnings, workspace tests, e2e; ends with
+//!   one `ci: N passed, M failed` line.
+//! * `e2e`  — the real `screengate` binary against the refusal matrix.
+//! * `demo` — the main job on the embedded default, step by step.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+mod ci;
+mod demo;
+mod e2e;
+mod proc;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci::run(),
+        Some("e2e") => e2e::run(args.get(1..).unwrap_or(&[])),
+        Some("demo") => demo::run(),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | e2e [FILTER] | demo>");
+            return ExitCode::from(64);
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! `cargo xtask e2e`: the real `screengate` binary, spawned and killed by
+//! pid, against every refusal the guard promises. Each case is named and
+//! reported; the last line is `N passed, M failed`.
+//!
+//! Cases needing root (a throwaway user for the uid allow-list) run when
+//! root; elsewhere they print `skipped: needs root`. CI runs as root.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use screengate_identity::Pin;
+use screengate_tests::{Request, Response, echo, handshake};
+
+use crate::proc::{ServerProc, build_bins};
+
+type R = std::result::Result<(), String>;
+
+/// What every case can use.
+struct Fx {
+    bin: PathBuf,
+    base: PathBuf,
+    main: ServerProc,
+    addr: SocketAddr,
+    pin: Pin,
+    tokens: Mutex<Vec<String>>,
+    logs: Mutex<Vec<PathBuf>>,
+}
+
+impl Fx {
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Mints on `control`, retrying politely when rate limited, and
+    /// remembers the token for the log grep.
+    async fn mint_on(&self, control: &Path) -> std::result::Result<(String, serde_json::Value), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = screengate_tests::control(control, r#"{"op":"mint","channel":"display"}"#).await?;
+            if let Some(t) = v["token"].as_str() {
+                self.tokens.lock().map_err(|e| e.to_string())?.push(t.to_owned());
+                return Ok((t.to_owned(), v));
+            }
+            if v["error"] == "rate_limited" && Instant::now() < deadline {
+                let ms = v["retry_after_ms"].as_u64().unwrap_or(100);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                continue;
+            }
+            return Err(format!("mint refused: {v}"));
+        }
+    }
+
+    async fn mint(&self) -> std::result::Result<String, String> {
+        Ok(self.mint_on(&self.main.control).await?.0)
+    }
+
+    /// A second server with its own state dir (another device) and flags.
+    fn spawn_server(&self, name: &str, extra: &[&str]) -> std::result::Result<ServerProc, String> {
+        let state = self.base.join(format!("state-{name}"));
+        let control = self.base.join("run").join(format!("{name}.sock"));
+        let log = self.base.join(format!("{name}.log"));
+        self.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+        ServerProc::start(&self.bin, &state, &control, &log, extra).map_err(|e| format!("{e:#}"))
+    }
+
+    async fn send(&self, req: &Request) -> std::result::Result<Response, String> {
+        Ok(handshake(self.addr, self.pin, req).await?.0)
+    }
+
+    /// Expects `req` to be refused with `status` (and no upgrade).
+    async fn refused(&self, req: &Request, status: u16) -> R {
+        let (resp, ws) = handshake(self.addr, self.pin, req).await?;
+        if ws.is_some() || resp.status != status {
+            return Err(format!("expected {status}, got {}", resp.status));
+        }
+        Ok(())
+    }
+}
+
+async fn port_and_pin(control: &Path) -> std::result::Result<(u16, Pin), String> {
+    let v = screengate_tests::control(control, r#"{"op":"mint","channel":"display"}"#).await?;
+    let origin = v["origin"].as_str().ok_or("no origin in mint reply")?;
+    let port = origin.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("bad origin")?;
+    let pin = v["spki_pin"].as_str().and_then(Pin::parse).ok_or("bad pin")?;
+    Ok((port, pin))
+}
+
+fn flip(token: &str, byte: usize, bit: u8) -> String {
+    let mut raw = URL_SAFE_NO_PAD.decode(token).unwrap_or_default();
+    if let Some(b) = raw.get_mut(byte) {
+        *b ^= 1 << bit;
+    }
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+// ---- the cases ---------------------------------------------------------------
+
+async fn valid_handshake_and_echo(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    let (resp, ws) = handshake(fx.addr, fx.pin, &Request::display(fx.port(), Some(&t))).await?;
+    let mut ws = ws.ok_or(format!("expected 101, got {}", resp.status))?;
+    let got = echo(&mut ws, "ping through the gate").await?;
+    (got == "ping through the gate").then_some(()).ok_or(format!("echo mismatch: {got}"))
+}
+
+async fn replay_refused(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    let (first, _ws) = handshake(fx.addr, fx.pin, &Request::display(fx.port(), Some(&t))).await?;
+    if first.status != 101 {
+        return Err(format!("first use: {}", first.status));
+    }
+    fx.refused(&Request::display(fx.port(), Some(&t)), 403).await
+}
+
+async fn parallel_20_upgrades_one_token(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    let req = Request::display(fx.port(), Some(&t));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (addr, pin, req) = (fx.addr, fx.pin, req.clone());
+            tokio::spawn(async move { handshake(addr, pin, &req).await.map(|(r, ws)| (r.status, ws.is_some())) })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut keep = Vec::new();
+    for t in tasks {
+        let (status, upgraded) = t.await.map_err(|e| e.to_string())??;
+        statuses.push(status);
+        keep.push(upgraded);
+    }
+    let wins = statuses.iter().filter(|s| **s == 101).count();
+    let bad: Vec<_> = statuses.iter().filter(|s| !matches!(**s, 101 | 403 | 503)).collect();
+    if wins != 1 || !bad.is_empty() {
+        return Err(format!("expected exactly one 101 and the rest 403/503, got {statuses:?}"));
+    }
+    Ok(())
+}
+
+async fn expired_token_refused(fx: &Fx) -> R {
+    let s = fx.spawn_server("ttl1s", &["--token-ttl", "1s"])?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    let (t, _) = fx.mint_on(&s.control).await?;
+    tokio::time::sleep(Duration::from_millis(1300)).await; // the premise: outlive the TTL
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (resp, ws) = handshake(addr, pin, &Request::display(port, Some(&t))).await?;
+    if ws.is_some() || resp.status != 403 {
+        return Err(format!("expired token got {}", resp.status));
+    }
+    // and a fresh one on the same server works, so it was the expiry
+    let (t2, _) = fx.mint_on(&s.control).await?;
+    let (ok, _ws) = handshake(addr, pin, &Request::display(port, Some(&t2))).await?;
+    (ok.status == 101).then_some(()).ok_or(format!("fresh token got {}", ok.status))
+}
+
+async fn bit_flipped_tokens_refused(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    // version, run id, token id, channel, issued, expires, tag (first, last)
+    for (byte, bit) in [(0, 0), (5, 3), (20, 7), (33, 1), (40, 0), (45, 6), (50, 0), (81, 7)] {
+        fx.refused(&Request::display(fx.port(), Some(&flip(&t, byte, bit))), 403)
+            .await
+            .map_err(|e| format!("flip byte {byte} bit {bit}: {e}"))?;
+    }
+    // none of that consumed the genuine token
+    let (ok, _ws) = handshake(fx.addr, fx.pin, &Request::display(fx.port(), Some(&t))).await?;
+    (ok.status == 101).then_some(()).ok_or(format!("genuine token afterwards: {}", ok.status))
+}
+
+async fn truncated_token_refused(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    for cut in [1, 2, 43, t.len() - 1] {
+        let short = t.get(..t.len() - cut).unwrap_or("");
+        fx.refused(&Request::display(fx.port(), Some(short)), 403).await.map_err(|e| format!("cut {cut}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn random_tokens_refused(fx: &Fx) -> R {
+    use rand::RngCore;
+    for _ in 0..10 {
+        let mut raw = [0u8; 82];
+        rand::rng().fill_bytes(&mut raw);
+        raw[0] = 1;
+        fx.refused(&Request::display(fx.port(), Some(&URL_SAFE_NO_PAD.encode(raw))), 403).await?;
+    }
+    fx.refused(&Request::display(fx.port(), Some("not-a-token")), 403).await
+}
+
+async fn empty_token_refused(fx: &Fx) -> R {
+    fx.refused(&Request::display(fx.port(), Some("")), 400).await
+}
+
+async fn non_ascii_token_refused(fx: &Fx) -> R {
+    fx.refused(&Request::display(fx.port(), Some("tökén")), 400).await
+}
+
+async fn token_from_another_device_refused(fx: &Fx) -> R {
+    let other = fx.spawn_server("device-b", &[])?;
+    let (t, _) = fx.mint_on(&other.control).await?;
+    fx.refused(&Request::display(fx.port(), Some(&t)), 403).await
+}
+
+async fn token_from_before_restart_refused(fx: &Fx) -> R {
+    let mut s = fx.spawn_server("restart", &[])?;
+    let (_, pin_before) = port_and_pin(&s.control).await?;
+    let (t, _) = fx.mint_on(&s.control).await?;
+    s.terminate(Duration::from_secs(6)).map_err(|e| format!("{e:#}"))?;
+    let s2 = fx.spawn_server("restart", &[])?;
+    let (port, pin) = port_and_pin(&s2.control).await?;
+    if pin != pin_before {
+        return Err("device identity changed across a restart".into());
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (resp, ws) = handshake(addr, pin, &Request::display(port, Some(&t))).await?;
+    (ws.is_none() && resp.status == 403).then_some(()).ok_or(format!("old-run token got {}", resp.status))
+}
+
+async fn origin_variant(fx: &Fx, origin: Option<&str>) -> R {
+    let t = fx.mint().await?;
+    fx.refused(&Request::display(fx.port(), Some(&t)).set("Origin", origin), 403).await
+}
+
+async fn host_variant(fx: &Fx, host: Option<&str>, status: u16) -> R {
+    let t = fx.mint().await?;
+    fx.refused(&Request::display(fx.port(), Some(&t)).set("Host", host), status).await
+}
+
+async fn duplicated(fx: &Fx, name: &str) -> R {
+    let t = fx.mint().await?;
+    let req = Request::display(fx.port(), Some(&t));
+    let value = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .ok_or("no such header")?;
+    fx.refused(&req.add(name, &value), 400).await
+}
+
+async fn token_in_query_refused(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    let mut req = Request::display(fx.port(), None);
+    req.path = format!("/ws?token={t}");
+    let resp = fx.send(&req).await?;
+    if resp.status == 101 {
+        return Err("accepted a token in the query string".into());
+    }
+    req.path = format!("/ws?X-Screengate-Token={t}");
+    fx.refused(&req, 400).await
+}
+
+async fn token_in_cookie_refused(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    fx.refused(&Request::display(fx.port(), None).add("Cookie", &format!("X-Screengate-Token={t}")), 403).await
+}
+
+async fn token_in_subprotocol_refused(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    fx.refused(&Request::display(fx.port(), None).add("Sec-WebSocket-Protocol", &t), 403).await
+}
+
+async fn plaintext_ws_refused(fx: &Fx) -> R {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = fx.mint().await?;
+    let mut s = tokio::net::TcpStream::connect(fx.addr).await.map_err(|e| e.to_string())?;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost:{p}\r\nOrigin: https://localhost:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Screengate-Token: {t}\r\n\r\n",
+        p = fx.port()
+    );
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut buf)).await;
+    if String::from_utf8_lossy(&buf).contains("101") {
+        return Err("plaintext upgrade answered with 101".into());
+    }
+    // the token was not consumed by the plaintext attempt
+    let (ok, _ws) = handshake(fx.addr, fx.pin, &Request::display(fx.port(), Some(&t))).await?;
+    (ok.status == 101).then_some(()).ok_or(format!("token after plaintext attempt: {}", ok.status))
+}
+
+async fn control_socket_is_0600_owner_only(fx: &Fx) -> R {
+    let m = std::fs::metadata(&fx.main.control).map_err(|e| e.to_string())?;
+    let mode = m.permissions().mode() & 0o777;
+    if mode != 0o600 || m.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!("mode {mode:o} uid {}", m.uid()));
+    }
+    Ok(())
+}
+
+/// A throwaway user (and group) for the allow-list cases, removed on drop.
+struct TempUser {
+    user: String,
+    group: String,
+}
+
+impl TempUser {
+    fn create(tag: &str) -> std::result::Result<Self, String> {
+        let pid = std::process::id();
+        let user = format!("sge2e{tag}{pid}");
+        let group = format!("sge2eg{tag}{pid}");
+        run_ok(Command::new("groupadd").arg(&group))?;
+        let me = Self { user: user.clone(), group: group.clone() };
+        run_ok(Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-g", &group, &user]))?;
+        Ok(me)
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.user).status();
+        let _ = Command::new("groupdel").arg(&self.group).status();
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> std::result::Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `screengate mint` run as `user`: (exit ok, stdout + stderr).
+fn mint_as(fx: &Fx, user: &TempUser, control: &Path) -> std::result::Result<(bool, String), String> {
+    let out = Command::new("setpriv")
+        .args(["--reuid", &user.user, "--regid", &user.group, "--init-groups", "--"])
+        .arg(fx.base.join("bin/screengate"))
+        .args(["mint", "--control"])
+        .arg(control)
+        .output()
+        .map_err(|e| format!("setpriv: {e}"))?;
+    Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+}
+
+async fn mint_from_disallowed_uid_refused(fx: &Fx) -> R {
+    // A user in the socket's group can connect, but its uid is not allowed.
+    let u = TempUser::create("a")?;
+    let cfg = fx.base.join("uid.toml");
+    std::fs::write(&cfg, format!("[control]\ngroup = \"{}\"\n", u.group)).map_err(|e| e.to_string())?;
+    let s = fx.spawn_server("uid", &["--config", &cfg.to_string_lossy()])?;
+    let mode = std::fs::metadata(&s.control).map_err(|e| e.to_string())?.permissions().mode() & 0o777;
+    if mode != 0o660 {
+        return Err(format!("group socket mode {mode:o}, expected 660"));
+    }
+    let (ok, out) = mint_as(fx, &u, &s.control)?;
+    if ok || !out.contains(r#""error":"not_authorized""#) || out.contains("token") {
+        return Err(format!("expected not_authorized, got: {out}"));
+    }
+    if !s.log_text().contains("not_authorized") {
+        return Err("no audit event for the refused uid".into());
+    }
+    Ok(())
+}
+
+async fn other_user_cannot_open_control_socket(fx: &Fx) -> R {
+    let u = TempUser::create("b")?;
+    let (ok, out) = mint_as(fx, &u, &fx.main.control)?;
+    if ok || !out.contains("Permission denied") {
+        return Err(format!("expected permission denied, got: {out}"));
+    }
+    Ok(())
+}
+
+async fn sigterm_closes_sessions_1001_and_exits_0(fx: &Fx) -> R {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut s = fx.spawn_server("sigterm", &[])?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    let (t, _) = fx.mint_on(&s.control).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (_, ws) = handshake(addr, pin, &Request::display(port, Some(&t))).await?;
+    let mut ws = ws.ok_or("no session")?;
+    let (status, took) = tokio::task::block_in_place(|| s.terminate(Duration::from_secs(5))).map_err(|e| format!("{e:#}"))?;
+    if !status.success() {
+        return Err(format!("exit status {status}"));
+    }
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            Ok(Some(Ok(Message::Close(c)))) => break c.map(|c| u16::from(c.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => return Err(format!("no close frame: {other:?}")),
+        }
+    };
+    if code != Some(1001) {
+        return Err(format!("close code {code:?}"));
+    }
+    println!("      (exited {took:?} after SIGTERM)");
+    Ok(())
+}
+
+async fn audit_log_has_reasons_and_no_secrets(fx: &Fx) -> R {
+    let mut text = fx.main.log_text();
+    for l in fx.logs.lock().map_err(|e| e.to_string())?.iter() {
+        text.push_str(&std::fs::read_to_string(l).unwrap_or_default());
+    }
+    for reason in ["replayed", "bad_origin", "missing_origin", "bad_host", "bad_mac", "malformed", "event=\"accepted\"", "event=\"mint\""] {
+        let needle = reason.replace("event=\"", "").replace('"', "");
+        if !text.contains(&needle) {
+            return Err(format!("audit log lacks {reason}"));
+        }
+    }
+    let tokens = fx.tokens.lock().map_err(|e| e.to_string())?;
+    if tokens.is_empty() {
+        return Err("no tokens were minted, nothing checked".into());
+    }
+    for t in tokens.iter() {
+        // the whole token, and its MAC part alone
+        if text.contains(t.as_str()) || t.get(70..).is_some_and(|tag| text.contains(tag)) {
+            return Err("a token appears in the server log".into());
+        }
+    }
+    // device keys, hex and base64, of every server this run started
+    for entry in std::fs::read_dir(&fx.base).map_err(|e| e.to_string())?.flatten() {
+        let key = entry.path().join("device.key");
+        if let Ok(k) = std::fs::read(&key) {
+            let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&k);
+            if text.contains(&hex) || text.contains(&b64) || text.contains(&URL_SAFE_NO_PAD.encode(&k)) {
+                return Err(format!("{} appears in a log", key.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- the runner --------------------------------------------------------------
+
+const ORIGINS: &[(&str, Option<&str>)] = &[
+    ("origin_null_refused", Some("null")),
+    ("origin_missing_refused", None),
+    ("origin_lookalike_suffix_refused", Some("https://localhost:{p}.evil.example")),
+    ("origin_lookalike_host_refused", Some("https://localhost.evil.example:{p}")),
+    ("origin_other_port_refused", Some("https://localhost:1")),
+    ("origin_http_scheme_refused", Some("http://localhost:{p}")),
+    ("origin_ip_literal_refused", Some("https://127.0.0.1:{p}")),
+    ("origin_uppercase_refused", Some("https://LOCALHOST:{p}")),
+    ("origin_trailing_slash_refused", Some("https://localhost:{p}/")),
+    ("origin_no_port_refused", Some("https://localhost")),
+    ("origin_file_refused", Some("file://")),
+    ("origin_other_site_refused", Some("https://evil.example")),
+];
+
+const HOSTS: &[(&str, Option<&str>, u16)] = &[
+    ("host_missing_400", None, 400),
+    ("host_rebinding_name_403", Some("evil.example:{p}"), 403),
+    ("host_without_port_403", Some("localhost"), 403),
+    ("host_other_port_403", Some("localhost:1"), 403),
+    ("host_lookalike_403", Some("localhost.evil.example:{p}"), 403),
+];
+
+async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
+    let p = fx.port().to_string();
+    if let Some((_, o)) = ORIGINS.iter().find(|(n, _)| *n == name) {
+        let o = o.map(|o| o.replace("{p}", &p));
+        return Some(origin_variant(fx, o.as_deref()).await);
+    }
+    if let Some((_, h, st)) = HOSTS.iter().find(|(n, _, _)| *n == name) {
+        let h = h.map(|h| h.replace("{p}", &p));
+        return Some(host_variant(fx, h.as_deref(), *st).await);
+    }
+    Some(match name {
+        "valid_handshake_and_echo" => valid_handshake_and_echo(fx).await,
+        "replay_refused" => replay_refused(fx).await,
+        "parallel_20_upgrades_one_token_exactly_one_101" => parallel_20_upgrades_one_token(fx).await,
+        "expired_token_refused" => expired_token_refused(fx).await,
+        "bit_flipped_tokens_refused" => bit_flipped_tokens_refused(fx).await,
+        "truncated_token_refused" => truncated_token_refused(fx).await,
+        "random_tokens_refused" => random_tokens_refused(fx).await,
+        "empty_token_refused" => empty_token_refused(fx).await,
+        "non_ascii_token_refused" => non_ascii_token_refused(fx).await,
+        "token_from_another_device_refused" => token_from_another_device_refused(fx).await,
+        "token_from_before_restart_refused" => token_from_before_restart_refused(fx).await,
+        "host_duplicated_400" => duplicated(fx, "Host").await,
+        "origin_duplicated_400" => duplicated(fx, "Origin").await,
+        "token_duplicated_400" => duplicated(fx, "X-Screengate-Token").await,
+        "token_in_query_refused" => token_in_query_refused(fx).await,
+        "token_in_cookie_refused" => token_in_cookie_refused(fx).await,
+        "token_in_subprotocol_refused" => token_in_subprotocol_refused(fx).await,
+        "plaintext_ws_against_tls_port_refused" => plaintext_ws_refused(fx).await,
+        "control_socket_is_0600_owner_only" => control_socket_is_0600_owner_only(fx).await,
+        "mint_from_disallowed_uid_refused" => mint_from_disallowed_uid_refused(fx).await,
+        "other_user_cannot_open_control_socket" => other_user_cannot_open_control_socket(fx).await,
+        "sigterm_closes_sessions_1001_and_exits_0" => sigterm_closes_sessions_1001_and_exits_0(fx).await,
+        "audit_log_has_reasons_and_no_secrets" => audit_log_has_reasons_and_no_secrets(fx).await,
+        _ => return None,
+    })
+}
+
+const NEEDS_ROOT: &[&str] = &["mint_from_disallowed_uid_refused", "other_user_cannot_open_control_socket"];
+
+fn case_names() -> Vec<&'static str> {
+    let mut v = vec![
+        "valid_handshake_and_echo",
+        "replay_refused",
+        "parallel_20_upgrades_one_token_exactly_one_101",
+        "expired_token_refused",
+        "bit_flipped_tokens_refused",
+        "truncated_token_refused",
+        "random_tokens_refused",
+        "empty_token_refused",
+        "non_ascii_token_refused",
+        "token_from_another_device_refused",
+        "token_from_before_restart_refused",
+    ];
+    v.extend(ORIGINS.iter().map(|(n, _)| *n));
+    v.extend(HOSTS.iter().map(|(n, _, _)| *n));
+    v.extend([
+        "host_duplicated_400",
+        "origin_duplicated_400",
+        "token_duplicated_400",
+        "token_in_query_refused",
+        "token_in_cookie_refused",
+        "token_in_subprotocol_refused",
+        "plaintext_ws_against_tls_port_refused",
+        "control_socket_is_0600_owner_only",
+        "mint_from_disallowed_uid_refused",
+        "other_user_cannot_open_control_socket",
+        "sigterm_closes_sessions_1001_and_exits_0",
+        // last: reads the logs every case above produced
+        "audit_log_has_reasons_and_no_secrets",
+    ]);
+    v
+}
+
+pub fn run(args: &[String]) -> Result<bool> {
+    let (_, failed) = run_counted(args)?;
+    Ok(failed == 0)
+}
+
+/// Runs the cases (those containing `args[0]`, if given); prints one line
+/// per case and `N passed, M failed` last.
+pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
+    let filter = args.first().cloned();
+    let bins = build_bins()?;
+    let base = std::env::temp_dir().join(format!("screengate-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(base.join("run")).context("create e2e dir")?;
+    std::fs::create_dir_all(base.join("bin"))?;
+    // traversable, not listable, by the throwaway users; writable by us only
+    for d in [&base, &base.join("run"), &base.join("bin")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+    }
+    let bin = base.join("bin/screengate");
+    std::fs::copy(bins.join("screengate"), &bin).context("copy screengate binary")?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(async {
+        let main_log = base.join("main.log");
+        let main = ServerProc::start(&bin, &base.join("state-main"), &base.join("run/main.sock"), &main_log, &[])?;
+        let (port, pin) = port_and_pin(&main.control).await.map_err(anyhow::Error::msg)?;
+        let fx = Fx {
+            bin: bin.clone(),
+            base: base.clone(),
+            main,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pin,
+            tokens: Mutex::new(Vec::new()),
+            logs: Mutex::new(Vec::new()),
+        };
+        let (mut passed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
+        for name in case_names() {
+            if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+                continue;
+            }
+            if NEEDS_ROOT.contains(&name) && !is_root() {
+                println!("SKIP {name} (skipped: needs root to create a throwaway user)");
+                skipped += 1;
+                continue;
+            }
+            let t0 = Instant::now();
+            let r = tokio::time::timeout(Duration::from_secs(60), dispatch(name, &fx)).await;
+            let ms = t0.elapsed().as_millis();
+            match r {
+                Ok(Some(Ok(()))) => {
+                    println!("PASS {name} ({ms} ms)");
+                    passed += 1;
+                }
+                Ok(Some(Err(e))) => {
+                    println!("FAIL {name}: {e}");
+                    failed += 1;
+                }
+                Ok(None) => {
+                    println!("FAIL {name}: no such case");
+                    failed += 1;
+                }
+                Err(_) => {
+                    println!("FAIL {name}: timed out after 60 s");
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            println!("--- main server log (tail) ---");
+            let text = fx.main.log_text();
+            for l in text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev() {
+                println!("{l}");
+            }
+        }
+        drop(fx);
+        if skipped > 0 {
+            println!("e2e: {skipped} skipped");
+        }
+        println!("{passed} passed, {failed} failed");
+        anyhow::Ok((passed, failed))
+    });
+    let _ = std::fs::remove_dir_all(&base);
+    result
+}

@@ -1,0 +1,123 @@
+//! Processes the tasks start: built binaries, a running `screengate serve`
+//! stopped by its pid, and commands whose output is streamed and counted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The workspace root (xtask's parent directory).
+pub fn root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_owned).unwrap_or(here)
+}
+
+/// `cargo` as invoked by the user (respects `$CARGO`).
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Builds the product binaries (debug) and returns the target dir.
+pub fn build_bins() -> Result<PathBuf> {
+    let st = cargo()
+        .args(["build", "--quiet", "-p", "screengate-server", "-p", "screengate-launcher"])
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!("cargo build failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    Ok(target.join("debug"))
+}
+
+/// A running `screengate serve`, stopped (SIGTERM, then SIGKILL) by pid on drop.
+pub struct ServerProc {
+    pub child: Child,
+    pub control: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts `bin serve` with `args`, logging to `log`; waits until the
+    /// control socket answers.
+    pub fn start(bin: &Path, state: &Path, control: &Path, log: &Path, extra: &[&str]) -> Result<Self> {
+        let logf = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--control")
+            .arg(control)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf);
+        let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
+        let mut me = Self { child, control: control.to_owned(), log: log.to_owned() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(control).is_ok() {
+                return Ok(me);
+            }
+            if let Some(st) = me.child.try_wait()? {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("screengate exited early ({st}):\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("screengate did not open its control socket within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX))
+    }
+
+    /// SIGTERM and wait up to `grace`; returns the exit status and how long
+    /// it took. SIGKILL if it did not stop.
+    pub fn terminate(&mut self, grace: Duration) -> Result<(std::process::ExitStatus, Duration)> {
+        let t0 = Instant::now();
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok((st, t0.elapsed()));
+            }
+            if t0.elapsed() > grace {
+                let _ = self.child.kill();
+                let st = self.child.wait()?;
+                bail!("did not exit within {grace:?} of SIGTERM (killed: {st})");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(self.pid(), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
