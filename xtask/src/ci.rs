@@ -10,7 +10,10 @@ use crate::proc::cargo;
 
 fn step(name: &str, args: &[&str]) -> Result<bool> {
     println!("==> {name}: cargo {}", args.join(" "));
-    let st = cargo().args(args).status().with_context(|| format!("running {name}"))?;
+    let st = cargo()
+        .args(args)
+        .status()
+        .with_context(|| format!("running {name}"))?;
     Ok(st.success())
 }
 
@@ -30,7 +33,16 @@ fn tests() -> Result<(bool, u64, u64)> {
             if let Some(rest) = line.strip_prefix("test result: ") {
                 let num = |key: &str| -> u64 {
                     rest.split(';')
-                        .find_map(|p| p.trim().strip_suffix(key).map(|n| n.trim().trim_start_matches("ok.").trim_start_matches("FAILED.").trim().parse().unwrap_or(0)))
+                        .find_map(|p| {
+                            p.trim().strip_suffix(key).map(|n| {
+                                n.trim()
+                                    .trim_start_matches("ok.")
+                                    .trim_start_matches("FAILED.")
+                                    .trim()
+                                    .parse()
+                                    .unwrap_or(0)
+                            })
+                        })
                         .unwrap_or(0)
                 };
                 passed += num("passed");
@@ -45,7 +57,18 @@ fn tests() -> Result<(bool, u64, u64)> {
 pub fn run() -> Result<bool> {
     let mut ok = true;
     ok &= step("fmt", &["fmt", "--all", "--", "--check"])?;
-    ok &= step("clippy", &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
+    ok &= step(
+        "clippy",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     if !ok {
         println!("ci: 0 passed, 1 failed (fmt or clippy)");
         return Ok(false);

@@ -21,9 +21,21 @@ pub fn run() -> Result<bool> {
     let state = base.join("state");
     let control = base.join("control.sock");
     let log = base.join("server.log");
-    println!("[2/5] starting `screengate serve --backend demo` (state {}, log {})", state.display(), log.display());
-    let mut server = ServerProc::start(&bins.join("screengate"), &state, &control, &log, &["--backend", "demo"])?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!(
+        "[2/5] starting `screengate serve --backend demo` (state {}, log {})",
+        state.display(),
+        log.display()
+    );
+    let mut server = ServerProc::start(
+        &bins.join("screengate"),
+        &state,
+        &control,
+        &log,
+        &["--backend", "demo"],
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let ok = rt.block_on(async {
         println!("[3/5] minting a token over the control socket {}", control.display());
         let (token, reply) = screengate_tests::mint(&control).await.map_err(|e| anyhow!(e))?;

@@ -40,12 +40,19 @@ impl Fx {
 
     /// Mints on `control`, retrying politely when rate limited, and
     /// remembers the token for the log grep.
-    async fn mint_on(&self, control: &Path) -> std::result::Result<(String, serde_json::Value), String> {
+    async fn mint_on(
+        &self,
+        control: &Path,
+    ) -> std::result::Result<(String, serde_json::Value), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = screengate_tests::control(control, r#"{"op":"mint","channel":"display"}"#).await?;
+            let v =
+                screengate_tests::control(control, r#"{"op":"mint","channel":"display"}"#).await?;
             if let Some(t) = v["token"].as_str() {
-                self.tokens.lock().map_err(|e| e.to_string())?.push(t.to_owned());
+                self.tokens
+                    .lock()
+                    .map_err(|e| e.to_string())?
+                    .push(t.to_owned());
                 return Ok((t.to_owned(), v));
             }
             if v["error"] == "rate_limited" && Instant::now() < deadline {
@@ -66,7 +73,10 @@ impl Fx {
         let state = self.base.join(format!("state-{name}"));
         let control = self.base.join("run").join(format!("{name}.sock"));
         let log = self.base.join(format!("{name}.log"));
-        self.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+        self.logs
+            .lock()
+            .map_err(|e| e.to_string())?
+            .push(log.clone());
         ServerProc::start(&self.bin, &state, &control, &log, extra).map_err(|e| format!("{e:#}"))
     }
 
@@ -87,8 +97,15 @@ impl Fx {
 async fn port_and_pin(control: &Path) -> std::result::Result<(u16, Pin), String> {
     let v = screengate_tests::control(control, r#"{"op":"mint","channel":"display"}"#).await?;
     let origin = v["origin"].as_str().ok_or("no origin in mint reply")?;
-    let port = origin.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or("bad origin")?;
-    let pin = v["spki_pin"].as_str().and_then(Pin::parse).ok_or("bad pin")?;
+    let port = origin
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or("bad origin")?;
+    let pin = v["spki_pin"]
+        .as_str()
+        .and_then(Pin::parse)
+        .ok_or("bad pin")?;
     Ok((port, pin))
 }
 
@@ -111,7 +128,9 @@ async fn valid_handshake_and_echo(fx: &Fx) -> R {
     let (resp, ws) = handshake(fx.addr, fx.pin, &Request::display(fx.port(), Some(&t))).await?;
     let mut ws = ws.ok_or(format!("expected 101, got {}", resp.status))?;
     let got = echo(&mut ws, "ping through the gate").await?;
-    (got == "ping through the gate").then_some(()).ok_or(format!("echo mismatch: {got}"))
+    (got == "ping through the gate")
+        .then_some(())
+        .ok_or(format!("echo mismatch: {got}"))
 }
 
 async fn replay_refused(fx: &Fx) -> R {
@@ -120,7 +139,8 @@ async fn replay_refused(fx: &Fx) -> R {
     if first.status != 101 {
         return Err(format!("first use: {}", first.status));
     }
-    fx.refused(&Request::display(fx.port(), Some(&t)), 403).await
+    fx.refused(&Request::display(fx.port(), Some(&t)), 403)
+        .await
 }
 
 async fn parallel_20_upgrades_one_token(fx: &Fx) -> R {
@@ -129,7 +149,11 @@ async fn parallel_20_upgrades_one_token(fx: &Fx) -> R {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let (addr, pin, req) = (fx.addr, fx.pin, req.clone());
-            tokio::spawn(async move { handshake(addr, pin, &req).await.map(|(r, ws)| (r.status, ws.is_some())) })
+            tokio::spawn(async move {
+                handshake(addr, pin, &req)
+                    .await
+                    .map(|(r, ws)| (r.status, ws.is_some()))
+            })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -140,9 +164,14 @@ async fn parallel_20_upgrades_one_token(fx: &Fx) -> R {
         keep.push(upgraded);
     }
     let wins = statuses.iter().filter(|s| **s == 101).count();
-    let bad: Vec<_> = statuses.iter().filter(|s| !matches!(**s, 101 | 403 | 503)).collect();
+    let bad: Vec<_> = statuses
+        .iter()
+        .filter(|s| !matches!(**s, 101 | 403 | 503))
+        .collect();
     if wins != 1 || !bad.is_empty() {
-        return Err(format!("expected exactly one 101 and the rest 403/503, got {statuses:?}"));
+        return Err(format!(
+            "expected exactly one 101 and the rest 403/503, got {statuses:?}"
+        ));
     }
     Ok(())
 }
@@ -160,27 +189,45 @@ async fn expired_token_refused(fx: &Fx) -> R {
     // and a fresh one on the same server works, so it was the expiry
     let (t2, _) = fx.mint_on(&s.control).await?;
     let (ok, _ws) = handshake(addr, pin, &Request::display(port, Some(&t2))).await?;
-    (ok.status == 101).then_some(()).ok_or(format!("fresh token got {}", ok.status))
+    (ok.status == 101)
+        .then_some(())
+        .ok_or(format!("fresh token got {}", ok.status))
 }
 
 async fn bit_flipped_tokens_refused(fx: &Fx) -> R {
     let t = fx.mint().await?;
     // version, run id, token id, channel, issued, expires, tag (first, last)
-    for (byte, bit) in [(0, 0), (5, 3), (20, 7), (33, 1), (40, 0), (45, 6), (50, 0), (81, 7)] {
-        fx.refused(&Request::display(fx.port(), Some(&flip(&t, byte, bit))), 403)
-            .await
-            .map_err(|e| format!("flip byte {byte} bit {bit}: {e}"))?;
+    for (byte, bit) in [
+        (0, 0),
+        (5, 3),
+        (20, 7),
+        (33, 1),
+        (40, 0),
+        (45, 6),
+        (50, 0),
+        (81, 7),
+    ] {
+        fx.refused(
+            &Request::display(fx.port(), Some(&flip(&t, byte, bit))),
+            403,
+        )
+        .await
+        .map_err(|e| format!("flip byte {byte} bit {bit}: {e}"))?;
     }
     // none of that consumed the genuine token
     let (ok, _ws) = handshake(fx.addr, fx.pin, &Request::display(fx.port(), Some(&t))).await?;
-    (ok.status == 101).then_some(()).ok_or(format!("genuine token afterwards: {}", ok.status))
+    (ok.status == 101)
+        .then_some(())
+        .ok_or(format!("genuine token afterwards: {}", ok.status))
 }
 
 async fn truncated_token_refused(fx: &Fx) -> R {
     let t = fx.mint().await?;
     for cut in [1, 2, 43, t.len() - 1] {
         let short = t.get(..t.len() - cut).unwrap_or("");
-        fx.refused(&Request::display(fx.port(), Some(short)), 403).await.map_err(|e| format!("cut {cut}: {e}"))?;
+        fx.refused(&Request::display(fx.port(), Some(short)), 403)
+            .await
+            .map_err(|e| format!("cut {cut}: {e}"))?;
     }
     Ok(())
 }
@@ -191,30 +238,39 @@ async fn random_tokens_refused(fx: &Fx) -> R {
         let mut raw = [0u8; 82];
         rand::rng().fill_bytes(&mut raw);
         raw[0] = 1;
-        fx.refused(&Request::display(fx.port(), Some(&URL_SAFE_NO_PAD.encode(raw))), 403).await?;
+        fx.refused(
+            &Request::display(fx.port(), Some(&URL_SAFE_NO_PAD.encode(raw))),
+            403,
+        )
+        .await?;
     }
-    fx.refused(&Request::display(fx.port(), Some("not-a-token")), 403).await
+    fx.refused(&Request::display(fx.port(), Some("not-a-token")), 403)
+        .await
 }
 
 async fn empty_token_refused(fx: &Fx) -> R {
-    fx.refused(&Request::display(fx.port(), Some("")), 400).await
+    fx.refused(&Request::display(fx.port(), Some("")), 400)
+        .await
 }
 
 async fn non_ascii_token_refused(fx: &Fx) -> R {
-    fx.refused(&Request::display(fx.port(), Some("tökén")), 400).await
+    fx.refused(&Request::display(fx.port(), Some("tökén")), 400)
+        .await
 }
 
 async fn token_from_another_device_refused(fx: &Fx) -> R {
     let other = fx.spawn_server("device-b", &[])?;
     let (t, _) = fx.mint_on(&other.control).await?;
-    fx.refused(&Request::display(fx.port(), Some(&t)), 403).await
+    fx.refused(&Request::display(fx.port(), Some(&t)), 403)
+        .await
 }
 
 async fn token_from_before_restart_refused(fx: &Fx) -> R {
     let mut s = fx.spawn_server("restart", &[])?;
     let (_, pin_before) = port_and_pin(&s.control).await?;
     let (t, _) = fx.mint_on(&s.control).await?;
-    s.terminate(Duration::from_secs(6)).map_err(|e| format!("{e:#}"))?;
+    s.terminate(Duration::from_secs(6))
+        .map_err(|e| format!("{e:#}"))?;
     let s2 = fx.spawn_server("restart", &[])?;
     let (port, pin) = port_and_pin(&s2.control).await?;
     if pin != pin_before {
@@ -222,17 +278,27 @@ async fn token_from_before_restart_refused(fx: &Fx) -> R {
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (resp, ws) = handshake(addr, pin, &Request::display(port, Some(&t))).await?;
-    (ws.is_none() && resp.status == 403).then_some(()).ok_or(format!("old-run token got {}", resp.status))
+    (ws.is_none() && resp.status == 403)
+        .then_some(())
+        .ok_or(format!("old-run token got {}", resp.status))
 }
 
 async fn origin_variant(fx: &Fx, origin: Option<&str>) -> R {
     let t = fx.mint().await?;
-    fx.refused(&Request::display(fx.port(), Some(&t)).set("Origin", origin), 403).await
+    fx.refused(
+        &Request::display(fx.port(), Some(&t)).set("Origin", origin),
+        403,
+    )
+    .await
 }
 
 async fn host_variant(fx: &Fx, host: Option<&str>, status: u16) -> R {
     let t = fx.mint().await?;
-    fx.refused(&Request::display(fx.port(), Some(&t)).set("Host", host), status).await
+    fx.refused(
+        &Request::display(fx.port(), Some(&t)).set("Host", host),
+        status,
+    )
+    .await
 }
 
 async fn duplicated(fx: &Fx, name: &str) -> R {
@@ -261,23 +327,35 @@ async fn token_in_query_refused(fx: &Fx) -> R {
 
 async fn token_in_cookie_refused(fx: &Fx) -> R {
     let t = fx.mint().await?;
-    fx.refused(&Request::display(fx.port(), None).add("Cookie", &format!("X-Screengate-Token={t}")), 403).await
+    fx.refused(
+        &Request::display(fx.port(), None).add("Cookie", &format!("X-Screengate-Token={t}")),
+        403,
+    )
+    .await
 }
 
 async fn token_in_subprotocol_refused(fx: &Fx) -> R {
     let t = fx.mint().await?;
-    fx.refused(&Request::display(fx.port(), None).add("Sec-WebSocket-Protocol", &t), 403).await
+    fx.refused(
+        &Request::display(fx.port(), None).add("Sec-WebSocket-Protocol", &t),
+        403,
+    )
+    .await
 }
 
 async fn plaintext_ws_refused(fx: &Fx) -> R {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let t = fx.mint().await?;
-    let mut s = tokio::net::TcpStream::connect(fx.addr).await.map_err(|e| e.to_string())?;
+    let mut s = tokio::net::TcpStream::connect(fx.addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let req = format!(
         "GET /ws HTTP/1.1\r\nHost: localhost:{p}\r\nOrigin: https://localhost:{p}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Screengate-Token: {t}\r\n\r\n",
         p = fx.port()
     );
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut buf)).await;
     if String::from_utf8_lossy(&buf).contains("101") {
@@ -285,7 +363,9 @@ async fn plaintext_ws_refused(fx: &Fx) -> R {
     }
     // the token was not consumed by the plaintext attempt
     let (ok, _ws) = handshake(fx.addr, fx.pin, &Request::display(fx.port(), Some(&t))).await?;
-    (ok.status == 101).then_some(()).ok_or(format!("token after plaintext attempt: {}", ok.status))
+    (ok.status == 101)
+        .then_some(())
+        .ok_or(format!("token after plaintext attempt: {}", ok.status))
 }
 
 async fn control_socket_is_0600_owner_only(fx: &Fx) -> R {
@@ -309,8 +389,19 @@ impl TempUser {
         let user = format!("sge2e{tag}{pid}");
         let group = format!("sge2eg{tag}{pid}");
         run_ok(Command::new("groupadd").arg(&group))?;
-        let me = Self { user: user.clone(), group: group.clone() };
-        run_ok(Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-g", &group, &user]))?;
+        let me = Self {
+            user: user.clone(),
+            group: group.clone(),
+        };
+        run_ok(Command::new("useradd").args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "-g",
+            &group,
+            &user,
+        ]))?;
         Ok(me)
     }
 }
@@ -331,24 +422,47 @@ fn run_ok(cmd: &mut Command) -> std::result::Result<String, String> {
 }
 
 /// `screengate mint` run as `user`: (exit ok, stdout + stderr).
-fn mint_as(fx: &Fx, user: &TempUser, control: &Path) -> std::result::Result<(bool, String), String> {
+fn mint_as(
+    fx: &Fx,
+    user: &TempUser,
+    control: &Path,
+) -> std::result::Result<(bool, String), String> {
     let out = Command::new("setpriv")
-        .args(["--reuid", &user.user, "--regid", &user.group, "--init-groups", "--"])
+        .args([
+            "--reuid",
+            &user.user,
+            "--regid",
+            &user.group,
+            "--init-groups",
+            "--",
+        ])
         .arg(fx.base.join("bin/screengate"))
         .args(["mint", "--control"])
         .arg(control)
         .output()
         .map_err(|e| format!("setpriv: {e}"))?;
-    Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }
 
 async fn mint_from_disallowed_uid_refused(fx: &Fx) -> R {
     // A user in the socket's group can connect, but its uid is not allowed.
     let u = TempUser::create("a")?;
     let cfg = fx.base.join("uid.toml");
-    std::fs::write(&cfg, format!("[control]\ngroup = \"{}\"\n", u.group)).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg, format!("[control]\ngroup = \"{}\"\n", u.group))
+        .map_err(|e| e.to_string())?;
     let s = fx.spawn_server("uid", &["--config", &cfg.to_string_lossy()])?;
-    let mode = std::fs::metadata(&s.control).map_err(|e| e.to_string())?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&s.control)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode != 0o660 {
         return Err(format!("group socket mode {mode:o}, expected 660"));
     }
@@ -380,7 +494,8 @@ async fn sigterm_closes_sessions_1001_and_exits_0(fx: &Fx) -> R {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (_, ws) = handshake(addr, pin, &Request::display(port, Some(&t))).await?;
     let mut ws = ws.ok_or("no session")?;
-    let (status, took) = tokio::task::block_in_place(|| s.terminate(Duration::from_secs(5))).map_err(|e| format!("{e:#}"))?;
+    let (status, took) = tokio::task::block_in_place(|| s.terminate(Duration::from_secs(5)))
+        .map_err(|e| format!("{e:#}"))?;
     if !status.success() {
         return Err(format!("exit status {status}"));
     }
@@ -403,7 +518,16 @@ async fn audit_log_has_reasons_and_no_secrets(fx: &Fx) -> R {
     for l in fx.logs.lock().map_err(|e| e.to_string())?.iter() {
         text.push_str(&std::fs::read_to_string(l).unwrap_or_default());
     }
-    for reason in ["replayed", "bad_origin", "missing_origin", "bad_host", "bad_mac", "malformed", "event=\"accepted\"", "event=\"mint\""] {
+    for reason in [
+        "replayed",
+        "bad_origin",
+        "missing_origin",
+        "bad_host",
+        "bad_mac",
+        "malformed",
+        "event=\"accepted\"",
+        "event=\"mint\"",
+    ] {
         let needle = reason.replace("event=\"", "").replace('"', "");
         if !text.contains(&needle) {
             return Err(format!("audit log lacks {reason}"));
@@ -420,12 +544,18 @@ async fn audit_log_has_reasons_and_no_secrets(fx: &Fx) -> R {
         }
     }
     // device keys, hex and base64, of every server this run started
-    for entry in std::fs::read_dir(&fx.base).map_err(|e| e.to_string())?.flatten() {
+    for entry in std::fs::read_dir(&fx.base)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
         let key = entry.path().join("device.key");
         if let Ok(k) = std::fs::read(&key) {
             let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
             let b64 = base64::engine::general_purpose::STANDARD.encode(&k);
-            if text.contains(&hex) || text.contains(&b64) || text.contains(&URL_SAFE_NO_PAD.encode(&k)) {
+            if text.contains(&hex)
+                || text.contains(&b64)
+                || text.contains(&URL_SAFE_NO_PAD.encode(&k))
+            {
                 return Err(format!("{} appears in a log", key.display()));
             }
         }
@@ -438,13 +568,22 @@ async fn audit_log_has_reasons_and_no_secrets(fx: &Fx) -> R {
 const ORIGINS: &[(&str, Option<&str>)] = &[
     ("origin_null_refused", Some("null")),
     ("origin_missing_refused", None),
-    ("origin_lookalike_suffix_refused", Some("https://localhost:{p}.evil.example")),
-    ("origin_lookalike_host_refused", Some("https://localhost.evil.example:{p}")),
+    (
+        "origin_lookalike_suffix_refused",
+        Some("https://localhost:{p}.evil.example"),
+    ),
+    (
+        "origin_lookalike_host_refused",
+        Some("https://localhost.evil.example:{p}"),
+    ),
     ("origin_other_port_refused", Some("https://localhost:1")),
     ("origin_http_scheme_refused", Some("http://localhost:{p}")),
     ("origin_ip_literal_refused", Some("https://127.0.0.1:{p}")),
     ("origin_uppercase_refused", Some("https://LOCALHOST:{p}")),
-    ("origin_trailing_slash_refused", Some("https://localhost:{p}/")),
+    (
+        "origin_trailing_slash_refused",
+        Some("https://localhost:{p}/"),
+    ),
     ("origin_no_port_refused", Some("https://localhost")),
     ("origin_file_refused", Some("file://")),
     ("origin_other_site_refused", Some("https://evil.example")),
@@ -455,7 +594,11 @@ const HOSTS: &[(&str, Option<&str>, u16)] = &[
     ("host_rebinding_name_403", Some("evil.example:{p}"), 403),
     ("host_without_port_403", Some("localhost"), 403),
     ("host_other_port_403", Some("localhost:1"), 403),
-    ("host_lookalike_403", Some("localhost.evil.example:{p}"), 403),
+    (
+        "host_lookalike_403",
+        Some("localhost.evil.example:{p}"),
+        403,
+    ),
 ];
 
 async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
@@ -471,7 +614,9 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     Some(match name {
         "valid_handshake_and_echo" => valid_handshake_and_echo(fx).await,
         "replay_refused" => replay_refused(fx).await,
-        "parallel_20_upgrades_one_token_exactly_one_101" => parallel_20_upgrades_one_token(fx).await,
+        "parallel_20_upgrades_one_token_exactly_one_101" => {
+            parallel_20_upgrades_one_token(fx).await
+        }
         "expired_token_refused" => expired_token_refused(fx).await,
         "bit_flipped_tokens_refused" => bit_flipped_tokens_refused(fx).await,
         "truncated_token_refused" => truncated_token_refused(fx).await,
@@ -490,13 +635,18 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "control_socket_is_0600_owner_only" => control_socket_is_0600_owner_only(fx).await,
         "mint_from_disallowed_uid_refused" => mint_from_disallowed_uid_refused(fx).await,
         "other_user_cannot_open_control_socket" => other_user_cannot_open_control_socket(fx).await,
-        "sigterm_closes_sessions_1001_and_exits_0" => sigterm_closes_sessions_1001_and_exits_0(fx).await,
+        "sigterm_closes_sessions_1001_and_exits_0" => {
+            sigterm_closes_sessions_1001_and_exits_0(fx).await
+        }
         "audit_log_has_reasons_and_no_secrets" => audit_log_has_reasons_and_no_secrets(fx).await,
         _ => return None,
     })
 }
 
-const NEEDS_ROOT: &[&str] = &["mint_from_disallowed_uid_refused", "other_user_cannot_open_control_socket"];
+const NEEDS_ROOT: &[&str] = &[
+    "mint_from_disallowed_uid_refused",
+    "other_user_cannot_open_control_socket",
+];
 
 fn case_names() -> Vec<&'static str> {
     let mut v = vec![
@@ -554,11 +704,21 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
     std::fs::copy(bins.join("screengate"), &bin).context("copy screengate binary")?;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         let main_log = base.join("main.log");
-        let main = ServerProc::start(&bin, &base.join("state-main"), &base.join("run/main.sock"), &main_log, &[])?;
-        let (port, pin) = port_and_pin(&main.control).await.map_err(anyhow::Error::msg)?;
+        let main = ServerProc::start(
+            &bin,
+            &base.join("state-main"),
+            &base.join("run/main.sock"),
+            &main_log,
+            &[],
+        )?;
+        let (port, pin) = port_and_pin(&main.control)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let fx = Fx {
             bin: bin.clone(),
             base: base.clone(),
@@ -603,7 +763,14 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
         if failed > 0 {
             println!("--- main server log (tail) ---");
             let text = fx.main.log_text();
-            for l in text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev() {
+            for l in text
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
                 println!("{l}");
             }
         }

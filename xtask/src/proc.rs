@@ -25,13 +25,22 @@ pub fn cargo() -> Command {
 /// Builds the product binaries (debug) and returns the target dir.
 pub fn build_bins() -> Result<PathBuf> {
     let st = cargo()
-        .args(["build", "--quiet", "-p", "screengate-server", "-p", "screengate-launcher"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "screengate-server",
+            "-p",
+            "screengate-launcher",
+        ])
         .status()
         .context("running cargo build")?;
     if !st.success() {
         bail!("cargo build failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
     Ok(target.join("debug"))
 }
 
@@ -45,8 +54,15 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts `bin serve` with `args`, logging to `log`; waits until the
     /// control socket answers.
-    pub fn start(bin: &Path, state: &Path, control: &Path, log: &Path, extra: &[&str]) -> Result<Self> {
-        let logf = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    pub fn start(
+        bin: &Path,
+        state: &Path,
+        control: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let logf =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--state-dir")
@@ -60,8 +76,14 @@ impl ServerProc {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);
-        let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
-        let mut me = Self { child, control: control.to_owned(), log: log.to_owned() };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let mut me = Self {
+            child,
+            control: control.to_owned(),
+            log: log.to_owned(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if std::os::unix::net::UnixStream::connect(control).is_ok() {
