@@ -1,12 +1,79 @@
-//! `screengate-launch`: placeholder binary until the launcher issue lands.
-//!
-//! It deliberately does nothing but say so and exit non-zero, so no script
-//! can mistake it for a working launcher.
+//! `screengate-launch`: argument parsing and tracing only; the work is in
+//! `screengate_launcher::run`.
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "screengate-launch: not built yet (see the launcher issue); use `screengate mint` for now"
-    );
-    std::process::ExitCode::from(69)
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use screengate_launcher::{Options, run};
+
+#[derive(Parser)]
+#[command(
+    name = "screengate-launch",
+    version,
+    about = "Start Chromium on the screengate display app, handing it the session token out of band over CDP."
+)]
+struct Cli {
+    /// The screengate control socket.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// The Chromium binary (default: search the usual paths).
+    #[arg(long)]
+    chromium: Option<PathBuf>,
+    /// Run Chromium headless (tests, CI, devices without a display).
+    #[arg(long)]
+    headless: bool,
+    /// Full-screen kiosk window.
+    #[arg(long)]
+    kiosk: bool,
+    /// Window size, W,H.
+    #[arg(long, default_value = "1280,800")]
+    window_size: String,
+    /// Extra Chromium argument (repeatable); ones that undo the protection are refused.
+    #[arg(long = "chromium-arg", allow_hyphen_values = true)]
+    chromium_arg: Vec<String>,
+    /// Write a PNG of the page once it is connected.
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+    let cli = Cli::parse();
+    let opts = Options {
+        control: cli
+            .control
+            .unwrap_or_else(screengate_launcher::default_control),
+        chromium: cli.chromium,
+        headless: cli.headless,
+        kiosk: cli.kiosk,
+        window_size: cli.window_size,
+        chromium_args: cli.chromium_arg,
+        screenshot: cli.screenshot,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("screengate-launch: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("screengate-launch: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: the main job on the embedded default, step by step:
 //! a server on the built-in demo backend, a token minted over the control
-//! socket, a TLS client connected through the guard exchanging messages.
+//! socket, a TLS client connected through the guard exchanging messages;
+//! then, when Chromium is installed, `screengate-launch` driving headless
+//! Chromium to the same gateway and a screenshot of the connected page.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use futures_util::StreamExt;
 use screengate_identity::Pin;
 use screengate_tests::{Request, echo, handshake};
 
-use crate::proc::{ServerProc, build_bins, root};
+use crate::proc::{LauncherProc, ServerProc, build_bins, root};
 
 pub fn run() -> Result<bool> {
     println!("[1/5] building screengate");
@@ -67,9 +69,53 @@ pub fn run() -> Result<bool> {
         println!("      replaying the same token: {} (refused: tokens are single use)", replay.status);
         anyhow::Ok(replay.status == 403)
     });
+    let ok = ok? && rt.block_on(browser(&base, &server))?;
     let (status, took) = server.terminate(Duration::from_secs(6))?;
     println!("stopped the server ({status}, {took:?} after SIGTERM)");
-    let ok = ok?;
     println!("{}", if ok { "demo: ok" } else { "demo: FAILED" });
     Ok(ok)
+}
+
+/// The launcher half: headless Chromium through the gateway, screenshot.
+async fn browser(base: &std::path::Path, server: &ServerProc) -> Result<bool> {
+    let present = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .any(|p| std::path::Path::new(p).is_file());
+    if !present {
+        println!(
+            "[browser] Chromium is not installed, so the display ran as the built-in client above."
+        );
+        println!(
+            "          To see the real display path: apt-get install chromium   (then run cargo xtask demo again)"
+        );
+        return Ok(true);
+    }
+    let bins = build_bins()?;
+    let shot = base.join("display.png");
+    let log = base.join("launcher.log");
+    println!(
+        "[browser] starting screengate-launch --headless (Chromium over a CDP pipe; token set as a header on its tab only)"
+    );
+    let mut l = LauncherProc::start(
+        &bins.join("screengate-launch"),
+        &server.control,
+        &log,
+        &[format!("--screenshot={}", shot.display())],
+    )?;
+    let r = async {
+        let took = l.wait_for("display received its first message", 1, Duration::from_secs(30)).await.map_err(|e| anyhow!(e))?;
+        println!("          the page connected through the guard and got its first message {} ms after launch", took.as_millis());
+        l.wait_for("screenshot written", 1, Duration::from_secs(10)).await.map_err(|e| anyhow!(e))?;
+        println!("          screenshot of the connected display: {}", shot.display());
+        anyhow::Ok(())
+    }
+    .await;
+    let stop = tokio::task::block_in_place(|| l.terminate(Duration::from_secs(8)));
+    if let Err(e) = r {
+        println!("          launcher log: {}", log.display());
+        return Err(e);
+    }
+    let (st, took) = stop?;
+    println!("          stopped the launcher ({st}, {took:?}): browser closed, profile removed");
+    Ok(true)
 }

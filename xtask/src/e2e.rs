@@ -20,6 +20,9 @@ use screengate_tests::{Request, Response, echo, handshake};
 
 use crate::proc::{ServerProc, build_bins};
 
+#[path = "e2e_launcher.rs"]
+mod launcher;
+
 type R = std::result::Result<(), String>;
 
 /// What every case can use.
@@ -602,6 +605,9 @@ const HOSTS: &[(&str, Option<&str>, u16)] = &[
 ];
 
 async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
+    if launcher::CASES.contains(&name) {
+        return launcher::dispatch(name, fx).await;
+    }
     let p = fx.port().to_string();
     if let Some((_, o)) = ORIGINS.iter().find(|(n, _)| *n == name) {
         let o = o.map(|o| o.replace("{p}", &p));
@@ -676,6 +682,9 @@ fn case_names() -> Vec<&'static str> {
         "mint_from_disallowed_uid_refused",
         "other_user_cannot_open_control_socket",
         "sigterm_closes_sessions_1001_and_exits_0",
+    ]);
+    v.extend(launcher::CASES);
+    v.extend([
         // last: reads the logs every case above produced
         "audit_log_has_reasons_and_no_secrets",
     ]);
@@ -701,8 +710,11 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
     }
     let bin = base.join("bin/screengate");
-    std::fs::copy(bins.join("screengate"), &bin).context("copy screengate binary")?;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    for name in ["screengate", "screengate-launch"] {
+        let to = base.join("bin").join(name);
+        std::fs::copy(bins.join(name), &to).with_context(|| format!("copy {name} binary"))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -731,6 +743,18 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
         let (mut passed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
         for name in case_names() {
             if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+                continue;
+            }
+            if launcher::CASES.contains(&name) && !launcher::chromium_present() {
+                if std::env::var_os("CI").is_some() {
+                    println!("FAIL {name}: chromium not installed (required under CI)");
+                    failed += 1;
+                } else {
+                    println!(
+                        "SKIP {name} (skipped: chromium not installed; apt-get install chromium)"
+                    );
+                    skipped += 1;
+                }
                 continue;
             }
             if NEEDS_ROOT.contains(&name) && !is_root() {

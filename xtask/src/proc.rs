@@ -143,3 +143,126 @@ impl Drop for ServerProc {
         }
     }
 }
+
+/// A running `screengate-launch`, stopped by pid on drop.
+pub struct LauncherProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl LauncherProc {
+    pub fn start(bin: &Path, control: &Path, log: &Path, extra: &[String]) -> Result<Self> {
+        let logf =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--control")
+            .arg(control)
+            .arg("--headless")
+            .args(extra);
+        if nix::unistd::geteuid().is_root() {
+            cmd.arg("--chromium-arg=--no-sandbox");
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        Ok(Self {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `needle` occurs at least `count` times in the log.
+    pub async fn wait_for(
+        &mut self,
+        needle: &str,
+        count: usize,
+        within: Duration,
+    ) -> std::result::Result<Duration, String> {
+        let t0 = Instant::now();
+        loop {
+            if self.log_text().matches(needle).count() >= count {
+                return Ok(t0.elapsed());
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!(
+                    "launcher exited ({st}) before {needle:?}:\n{}",
+                    self.log_text()
+                ));
+            }
+            if t0.elapsed() > within {
+                return Err(format!(
+                    "no {needle:?} (x{count}) within {within:?}; launcher log:\n{}",
+                    self.log_text()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn terminate(&mut self, grace: Duration) -> Result<(std::process::ExitStatus, Duration)> {
+        let t0 = Instant::now();
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok((st, t0.elapsed()));
+            }
+            if t0.elapsed() > grace {
+                let _ = self.child.kill();
+                let st = self.child.wait()?;
+                bail!("launcher did not exit within {grace:?} of SIGTERM (killed: {st})");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for LauncherProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate(Duration::from_secs(6));
+        }
+    }
+}
+
+/// Every descendant pid of `root` (from /proc/*/stat parent links).
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parent: Vec<(i32, i32)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may contain spaces, so split after ')'
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok());
+            if let Some(ppid) = ppid {
+                parent.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (child, pp) in &parent {
+            if *pp == p && !out.contains(child) {
+                out.push(*child);
+                frontier.push(*child);
+            }
+        }
+    }
+    out
+}

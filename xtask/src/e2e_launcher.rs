@@ -1,0 +1,538 @@
+//! e2e cases for `screengate-launch` with real headless Chromium: the page
+//! connects and exchanges messages, the token is nowhere a local user can
+//! read, there is no DevTools TCP port, reconnects use fresh tokens, a
+//! killed browser comes back, the tab is locked to the gateway origin, and
+//! SIGTERM cleans up.
+//!
+//! Without Chromium these say "skipped: chromium not installed"; under CI
+//! (`CI` set) a missing browser is a failure.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{Fx, R};
+use crate::proc::{LauncherProc, ServerProc, descendants};
+
+/// Launcher log lines the cases wait for (stable strings in the launcher).
+const CONNECTED: &str = "display connected to the gateway";
+const FIRST_MESSAGE: &str = "display received its first message";
+
+pub const CASES: &[&str] = &[
+    "launcher_refuses_protection_undoing_args",
+    "launcher_page_connects_and_exchanges_messages",
+    "launcher_token_absent_from_proc_and_profile",
+    "launcher_opens_no_devtools_tcp_port",
+    "launcher_reconnects_with_a_fresh_token_after_the_session_closes",
+    "launcher_restarts_a_killed_browser_within_10s",
+    "launcher_tab_is_locked_to_the_gateway_origin",
+    "launcher_sigterm_closes_browser_and_removes_profile",
+];
+
+pub fn chromium_present() -> bool {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .any(|p| Path::new(p).is_file())
+}
+
+pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
+    Some(match name {
+        "launcher_refuses_protection_undoing_args" => refuses_args(fx).await,
+        "launcher_page_connects_and_exchanges_messages" => connects(fx).await,
+        "launcher_token_absent_from_proc_and_profile" => token_absent(fx).await,
+        "launcher_opens_no_devtools_tcp_port" => no_tcp_port(fx).await,
+        "launcher_reconnects_with_a_fresh_token_after_the_session_closes" => reconnects(fx).await,
+        "launcher_restarts_a_killed_browser_within_10s" => restarts(fx).await,
+        "launcher_tab_is_locked_to_the_gateway_origin" => locked(fx).await,
+        "launcher_sigterm_closes_browser_and_removes_profile" => sigterm(fx).await,
+        _ => return None,
+    })
+}
+
+fn launch(
+    fx: &Fx,
+    name: &str,
+    server: &ServerProc,
+    extra: &[String],
+) -> Result<LauncherProc, String> {
+    let log = fx.base.join(format!("{name}.launch.log"));
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    LauncherProc::start(
+        &fx.base.join("bin/screengate-launch"),
+        &server.control,
+        &log,
+        extra,
+    )
+    .map_err(|e| format!("{e:#}"))
+}
+
+fn profile_of(l: &LauncherProc) -> Option<PathBuf> {
+    let text = l.log_text();
+    let at = text.rfind("profile=")? + "profile=".len();
+    let rest = text.get(at..)?;
+    Some(PathBuf::from(rest.split_whitespace().next()?))
+}
+
+async fn refuses_args(fx: &Fx) -> R {
+    for bad in [
+        "--remote-debugging-port=9222",
+        "--disable-web-security",
+        "--user-data-dir=/tmp/x",
+        "--load-extension=/tmp/e",
+    ] {
+        let out = std::process::Command::new(fx.base.join("bin/screengate-launch"))
+            .args(["--control", "/nonexistent", "--headless"])
+            .arg(format!("--chromium-arg={bad}"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(64) || !err.contains("refusing") {
+            return Err(format!("{bad}: exit {:?}, {err}", out.status.code()));
+        }
+    }
+    if nix::unistd::geteuid().is_root() {
+        let out = std::process::Command::new(fx.base.join("bin/screengate-launch"))
+            .args(["--control", "/nonexistent", "--headless"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.code() != Some(64) || !String::from_utf8_lossy(&out.stderr).contains("root") {
+            return Err("as root without --no-sandbox the launcher must refuse".into());
+        }
+    }
+    Ok(())
+}
+
+async fn connects(fx: &Fx) -> R {
+    let s = fx.spawn_server("l-connect", &[])?;
+    let mut l = launch(
+        fx,
+        "l-connect",
+        &s,
+        &[format!(
+            "--screenshot={}",
+            fx.base.join("l-connect.png").display()
+        )],
+    )?;
+    let took = l
+        .wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    if !s.log_text().contains("\"accepted\"") && !s.log_text().contains("event=accepted") {
+        return Err("the server logged no accepted session".into());
+    }
+    l.wait_for("screenshot written", 1, Duration::from_secs(10))
+        .await?;
+    println!(
+        "      (launcher start → first message from the gateway: {} ms)",
+        took.as_millis()
+    );
+    Ok(())
+}
+
+/// base64url of `0x01 || run id prefix (4 bytes)`: the first 6 characters of
+/// every token of that run.
+fn token_prefix(server_log: &str) -> Option<String> {
+    let at = server_log.find("RunId(")? + "RunId(".len();
+    let hex = server_log.get(at..at + 8)?;
+    let mut bytes = vec![1u8];
+    for i in 0..4 {
+        bytes.push(u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?);
+    }
+    URL_SAFE_NO_PAD.encode(bytes).get(..6).map(str::to_owned)
+}
+
+/// Whether `hay` holds `prefix` followed by a full token's worth of base64url.
+fn holds_token(hay: &[u8], prefix: &str) -> bool {
+    let p = prefix.as_bytes();
+    hay.windows(p.len()).enumerate().any(|(i, w)| {
+        w == p
+            && hay.get(i..i + 110).is_some_and(|t| {
+                t.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+            })
+    })
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => files_under(&p, out),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn token_absent(fx: &Fx) -> R {
+    let s = fx.spawn_server("l-proc", &[])?;
+    let mut l = launch(fx, "l-proc", &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    // let the re-arm after the handshake land too
+    l.wait_for("armed a fresh token", 1, Duration::from_secs(10))
+        .await?;
+    let prefix = token_prefix(&s.log_text()).ok_or("no run id in the server log")?;
+    let profile = profile_of(&l).ok_or("no profile path in the launcher log")?;
+    // The scanner must see a real token: plant one (minted on this server)
+    // in a canary file and find it.
+    let (canary_token, _) = fx.mint_on(&s.control).await?;
+    let canary = fx.base.join("canary.bin");
+    std::fs::write(&canary, format!("xx{canary_token}yy")).map_err(|e| e.to_string())?;
+    let found = holds_token(&std::fs::read(&canary).map_err(|e| e.to_string())?, &prefix);
+    let _ = std::fs::remove_file(&canary);
+    if !found {
+        return Err("scanner self-check failed: it does not find a planted token".into());
+    }
+    let mut leaks = Vec::new();
+    let mut scanned = 0usize;
+    for e in std::fs::read_dir("/proc")
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        for f in ["cmdline", "environ"] {
+            if let Ok(b) = std::fs::read(e.path().join(f)) {
+                scanned += 1;
+                if holds_token(&b, &prefix) {
+                    leaks.push(format!("{}/{f}", e.path().display()));
+                }
+            }
+        }
+    }
+    let mut files = Vec::new();
+    files_under(&profile, &mut files);
+    if files.is_empty() {
+        return Err(format!(
+            "profile {} has no files: wrong path?",
+            profile.display()
+        ));
+    }
+    for f in &files {
+        if let Ok(b) = std::fs::read(f) {
+            scanned += 1;
+            if holds_token(&b, &prefix) {
+                leaks.push(f.display().to_string());
+            }
+        }
+    }
+    if !leaks.is_empty() {
+        return Err(format!("token found in: {leaks:?}"));
+    }
+    println!("      (scanned {scanned} /proc entries and profile files; none holds a token)");
+    Ok(())
+}
+
+fn listening_inodes() -> Vec<u64> {
+    let mut v = Vec::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(t) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for line in t.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(3) == Some(&"0A")
+                && let Some(inode) = cols.get(9).and_then(|i| i.parse().ok())
+            {
+                v.push(inode);
+            }
+        }
+    }
+    v
+}
+
+fn socket_inodes(pid: i32) -> Vec<u64> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in rd.flatten() {
+            if let Ok(target) = std::fs::read_link(e.path()) {
+                let t = target.to_string_lossy();
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'))
+                    && let Ok(n) = n.parse()
+                {
+                    v.push(n);
+                }
+            }
+        }
+    }
+    v
+}
+
+async fn no_tcp_port(fx: &Fx) -> R {
+    let s = fx.spawn_server("l-port", &[])?;
+    let mut l = launch(fx, "l-port", &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    let listening = listening_inodes();
+    // self-check: the gateway itself is a listener this scan must see
+    let server_pid = i32::try_from(s.child.id()).map_err(|e| e.to_string())?;
+    if !socket_inodes(server_pid)
+        .iter()
+        .any(|i| listening.contains(i))
+    {
+        return Err("scanner self-check failed: the gateway's listener was not found".into());
+    }
+    let browser = descendants(l.pid().as_raw());
+    if browser.is_empty() {
+        return Err("no Chromium processes under the launcher".into());
+    }
+    for pid in &browser {
+        if socket_inodes(*pid).iter().any(|i| listening.contains(i)) {
+            return Err(format!("Chromium process {pid} listens on TCP"));
+        }
+    }
+    println!(
+        "      ({} Chromium processes, none listening on TCP)",
+        browser.len()
+    );
+    Ok(())
+}
+
+async fn reconnects(fx: &Fx) -> R {
+    let sock = fx.base.join("run/l-backend.sock");
+    let start_backend = || {
+        std::process::Command::new(fx.base.join("bin/screengate"))
+            .arg("demo-backend")
+            .arg("--unix")
+            .arg(&sock)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())
+    };
+    let wait_sock = |sock: &Path| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(sock).is_err() {
+            if Instant::now() > deadline {
+                return Err("demo backend did not come up".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let mut backend = start_backend()?;
+    wait_sock(&sock)?;
+    let backend_arg = format!("unix:{}", sock.display());
+    let s = fx.spawn_server("l-reconnect", &["--backend", &backend_arg])?;
+    let mut l = launch(fx, "l-reconnect", &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    // The backend goes away: the server closes the session (1011) and the
+    // page starts reconnecting (503s until the backend is back).
+    let _ = kill(
+        Pid::from_raw(i32::try_from(backend.id()).unwrap_or(0)),
+        Signal::SIGTERM,
+    );
+    let _ = backend.wait();
+    l.wait_for("display session closed", 1, Duration::from_secs(10))
+        .await?;
+    let mut backend = start_backend()?;
+    wait_sock(&sock)?;
+    let r = l.wait_for(CONNECTED, 2, Duration::from_secs(20)).await;
+    let _ = kill(
+        Pid::from_raw(i32::try_from(backend.id()).unwrap_or(0)),
+        Signal::SIGTERM,
+    );
+    let _ = backend.wait();
+    r?;
+    let ids: Vec<String> = s
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("accepted"))
+        .filter_map(|l| {
+            l.split("token_id=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut uniq = ids.clone();
+    uniq.sort();
+    uniq.dedup();
+    if ids.len() < 2 || uniq.len() != ids.len() {
+        return Err(format!(
+            "expected ≥2 sessions with distinct tokens, got {ids:?}"
+        ));
+    }
+    if !s.log_text().contains("backend_gone") {
+        return Err("the server did not record the backend going away".into());
+    }
+    Ok(())
+}
+
+async fn restarts(fx: &Fx) -> R {
+    let s = fx.spawn_server("l-kill", &[])?;
+    let mut l = launch(fx, "l-kill", &s, &[])?;
+    l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
+    let browser_pid = descendants(l.pid().as_raw())
+        .into_iter()
+        .min()
+        .ok_or("no browser process")?;
+    let t0 = Instant::now();
+    kill(Pid::from_raw(browser_pid), Signal::SIGKILL).map_err(|e| e.to_string())?;
+    l.wait_for(CONNECTED, 2, Duration::from_secs(10)).await?;
+    println!(
+        "      (kill -9 → connected again in {} ms)",
+        t0.elapsed().as_millis()
+    );
+    if Path::new(&format!("/proc/{browser_pid}")).exists() {
+        let stat = std::fs::read_to_string(format!("/proc/{browser_pid}/stat")).unwrap_or_default();
+        if !stat.contains(") Z") {
+            return Err(format!("killed browser {browser_pid} still running"));
+        }
+    }
+    Ok(())
+}
+
+/// A plain HTTP server on another local origin that records every request.
+async fn recording_server() -> Result<(u16, tokio::sync::mpsc::UnboundedReceiver<String>), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // bounded: at most 200 connections, then it stops by itself
+        for _ in 0..200 {
+            let Ok(Ok((mut s, _))) =
+                tokio::time::timeout(Duration::from_secs(60), l.accept()).await
+            else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
+                let _ = tx.send(String::from_utf8_lossy(buf.get(..n).unwrap_or(&[])).into_owned());
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok((port, rx))
+}
+
+async fn locked(fx: &Fx) -> R {
+    let (port, mut seen) = recording_server().await?;
+    let other = format!("http://127.0.0.1:{port}");
+    let web = fx.base.join("web-locked");
+    std::fs::create_dir_all(&web).map_err(|e| e.to_string())?;
+    std::fs::write(
+        web.join("index.html"),
+        format!(
+            "<!doctype html><title>lock test</title>\
+             <img src=\"{other}/image.png\"><iframe src=\"{other}/frame\"></iframe>\
+             <script src=\"/app.js\"></script>"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    // connect to the gateway (proves the header is set), then leave for the other origin
+    std::fs::write(
+        web.join("app.js"),
+        format!(
+            "const ws = new WebSocket('wss://' + location.host + '/ws');\n\
+             ws.onmessage = () => {{}};\n\
+             ws.onopen = () => {{ ws.send('hi'); setTimeout(() => {{ location.href = '{other}/navigated'; }}, 300); }};\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = fx.base.join("locked.toml");
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    let s = fx.spawn_server("l-locked", &["--config", &cfg.to_string_lossy()])?;
+    let mut l = launch(fx, "l-locked", &s, &[])?;
+    l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
+    l.wait_for(
+        "blocked a request from the display tab to another origin",
+        1,
+        Duration::from_secs(10),
+    )
+    .await?;
+    // give any stray request time to arrive before judging
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut requests = Vec::new();
+    while let Ok(r) = seen.try_recv() {
+        requests.push(r);
+    }
+    if requests
+        .iter()
+        .any(|r| r.to_ascii_lowercase().contains("x-screengate-token"))
+    {
+        return Err("the other origin received the token header".into());
+    }
+    println!(
+        "      (other origin saw {} requests, none with the token; navigation blocked by the tab lock)",
+        requests.len()
+    );
+    Ok(())
+}
+
+async fn sigterm(fx: &Fx) -> R {
+    let s = fx.spawn_server("l-term", &[])?;
+    let mut l = launch(fx, "l-term", &s, &[])?;
+    l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
+    let profile = profile_of(&l).ok_or("no profile path in the log")?;
+    let browser = descendants(l.pid().as_raw());
+    if !profile.is_dir() || browser.is_empty() {
+        return Err("profile or browser missing before SIGTERM".into());
+    }
+    let (st, took) = tokio::task::block_in_place(|| l.terminate(Duration::from_secs(8)))
+        .map_err(|e| format!("{e:#}"))?;
+    if !st.success() {
+        return Err(format!("launcher exit status {st}"));
+    }
+    if profile.exists() {
+        return Err(format!("profile {} not removed", profile.display()));
+    }
+    let alive: Vec<_> = browser
+        .iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z"))
+        })
+        .collect();
+    if !alive.is_empty() {
+        return Err(format!("browser processes still alive: {alive:?}"));
+    }
+    println!(
+        "      (SIGTERM → exit 0 in {} ms, profile removed)",
+        took.as_millis()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_prefix_matches_a_real_token_layout() {
+        let p = token_prefix("x run=RunId(0a0b0c0d) y").unwrap();
+        assert_eq!(
+            p,
+            URL_SAFE_NO_PAD
+                .encode([1u8, 0x0a, 0x0b, 0x0c, 0x0d])
+                .get(..6)
+                .unwrap()
+        );
+        let tok = format!("{p}{}", "A".repeat(104));
+        assert!(holds_token(format!("..{tok}..").as_bytes(), &p));
+        assert!(!holds_token(format!("..{p}short").as_bytes(), &p));
+    }
+}
