@@ -5,10 +5,12 @@
 //!   one `ci: N passed, M failed` line.
 //! * `e2e`  — the real `screengate` binary against the refusal matrix.
 //! * `demo` — the main job on the embedded default, step by step.
+//! * `bench` — measurements (never assertions); see `docs/performance.md`.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
+mod bench;
 mod ci;
 mod demo;
 mod e2e;
@@ -20,8 +22,9 @@ fn main() -> ExitCode {
         Some("ci") => ci::run(),
         Some("e2e") => e2e::run(args.get(1..).unwrap_or(&[])),
         Some("demo") => demo::run(),
+        Some("bench") => bench::run(args.get(1..).unwrap_or(&[])),
         _ => {
-            eprintln!("usage: cargo xtask <ci | e2e [FILTER] | demo>");
+            eprintln!("usage: cargo xtask <ci | e2e [FILTER] | demo | bench [launch]>");
             return ExitCode::from(64);
         }
     };

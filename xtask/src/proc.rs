@@ -204,7 +204,7 @@ impl LauncherProc {
                     self.log_text()
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
