@@ -39,6 +39,14 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Non-dumpable: no ptrace or /proc/PID/{mem,environ,fd} for other
+    // processes of the display user, and no core file with a token in it.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false).and_then(|()| {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+    }) {
+        eprintln!("screengate-launch: cannot make the process non-dumpable: {e}");
+        return ExitCode::FAILURE;
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use screengate_server::commands;
 use screengate_server::config::default_state_dir;
+use screengate_server::privilege::{self, NeededDir};
 use screengate_server::{InitOutcomeExt as _, Overrides};
 
 /// Exit code for bad configuration (BSD EX_USAGE).
@@ -36,6 +37,9 @@ enum Cmd {
     Init {
         #[arg(long)]
         state_dir: PathBuf,
+        /// Started as root: create the state dir for this user and drop to it first.
+        #[arg(long)]
+        user: Option<String>,
         /// Replace an existing identity (a new device identity: re-pin clients).
         #[arg(long)]
         force: bool,
@@ -65,6 +69,9 @@ enum Cmd {
         origin: Vec<String>,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Started as root: prepare directories for this user and drop to it for good.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Ask a running server for a token; prints the control socket's reply.
     Mint {
@@ -77,6 +84,9 @@ enum Cmd {
     Check {
         #[command(flatten)]
         common: Common,
+        /// Started as root: check as this user.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Serve the demo echo backend on a Unix socket (tests and benchmarks).
     #[command(hide = true)]
@@ -131,26 +141,41 @@ async fn terminated() {
     }
 }
 
+/// Non-dumpable, root rule (drop with --user), non-dumpable again (a uid
+/// change resets it), then the executable check. One line on refusal.
+fn secure_start(user: Option<&str>, dirs: &[NeededDir], groups: &[String]) -> Result<(), ExitCode> {
+    let r = privilege::harden_process()
+        .and_then(|()| privilege::enforce(user, dirs, groups))
+        .and_then(|_| privilege::harden_process())
+        .and_then(|()| privilege::check_executable());
+    if cfg!(feature = "allow-owned-exe") {
+        eprintln!(
+            "screengate: WARNING: built with allow-owned-exe (a test relaxation); not for devices"
+        );
+    }
+    r.map_err(|e| {
+        eprintln!("screengate: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Init { state_dir, force } => match commands::init(&state_dir, force) {
-            Ok(r) => {
-                if r.outcome.is_noop() {
-                    eprintln!(
-                        "screengate: identity already present in {}; not overwriting (use --force to replace it)",
-                        state_dir.display()
-                    );
-                }
-                println!("server spki pin: {}", r.server_pin);
-                println!("client spki pin: {}", r.client_pin);
-                ExitCode::SUCCESS
+        Cmd::Init {
+            state_dir,
+            force,
+            user,
+        } => {
+            let dirs = [NeededDir {
+                path: state_dir.clone(),
+                mode: 0o700,
+            }];
+            if let Err(c) = secure_start(user.as_deref(), &dirs, &[]) {
+                return c;
             }
-            Err(e) => {
-                eprintln!("screengate: {e}");
-                ExitCode::FAILURE
-            }
-        },
+            init(&state_dir, force)
+        }
         Cmd::Pin { state_dir, client } => {
             match commands::pin(&state_dir.unwrap_or_else(default_state_dir), client) {
                 Ok(p) => {
@@ -163,7 +188,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Check { common } => {
+        Cmd::Check { common, user } => {
+            if let Err(c) = secure_start(user.as_deref(), &[], &[]) {
+                return c;
+            }
             let o = Overrides {
                 state_dir: common.state_dir,
                 ..Default::default()
@@ -179,6 +207,32 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         }
+        other => run_other(other),
+    }
+}
+
+fn init(state_dir: &std::path::Path, force: bool) -> ExitCode {
+    match commands::init(state_dir, force) {
+        Ok(r) => {
+            if r.outcome.is_noop() {
+                eprintln!(
+                    "screengate: identity already present in {}; not overwriting (use --force to replace it)",
+                    state_dir.display()
+                );
+            }
+            println!("server spki pin: {}", r.server_pin);
+            println!("client spki pin: {}", r.client_pin);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("screengate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_other(cmd: Cmd) -> ExitCode {
+    match cmd {
         Cmd::Mint { control, channel } => {
             let control = control.unwrap_or_else(|| default_state_dir().join("control.sock"));
             let rt = match runtime() {
@@ -200,6 +254,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Init { .. } | Cmd::Pin { .. } | Cmd::Check { .. } => ExitCode::FAILURE,
         Cmd::DemoBackend { unix } => {
             init_tracing(LogFormat::Text);
             let rt = match runtime() {
@@ -227,6 +282,7 @@ fn main() -> ExitCode {
             allow_uid,
             origin,
             log_format,
+            user,
         } => {
             init_tracing(log_format);
             let o = Overrides {
@@ -237,7 +293,7 @@ fn main() -> ExitCode {
                 token_ttl,
                 allow_uids: allow_uid,
                 origins: origin,
-                user: None,
+                user,
             };
             let cfg = match commands::load_config(common.config.as_deref(), o) {
                 Ok(c) => c,
@@ -246,6 +302,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            let mut dirs = vec![NeededDir {
+                path: cfg.state_dir.clone(),
+                mode: 0o700,
+            }];
+            if let Some(parent) = cfg
+                .control_socket
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                dirs.push(NeededDir {
+                    path: parent.to_owned(),
+                    mode: 0o711,
+                });
+            }
+            let groups: Vec<String> = cfg.control_group.iter().cloned().collect();
+            if let Err(c) = secure_start(cfg.user.as_deref(), &dirs, &groups) {
+                return c;
+            }
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(c) => return c,

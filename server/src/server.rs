@@ -122,6 +122,12 @@ impl Server {
             return Err(ServerError::Permissions(problems));
         }
         let identity = state.load()?;
+        let source = if state.device_key_from_credential() {
+            "systemd credential"
+        } else {
+            "state dir"
+        };
+        info!(device_key_source = source, "device identity loaded");
         let authority = Authority::new(&identity.device_key, cfg.token_ttl, MonotonicClock::new())?;
         let tls = TlsAcceptor::from(crate::tls::server_config(&identity)?);
         let server_pin = identity.server_pin.to_string();

@@ -77,6 +77,9 @@ pub fn run() -> Result<bool> {
     if !tests_ok && failed == 0 {
         failed += 1; // the build or a harness failed without a count
     }
+    let (h_passed, h_failed) = crate::harden::run_counted()?;
+    passed += h_passed;
+    failed += h_failed;
     println!("==> e2e");
     let (e2e_passed, e2e_failed) = crate::e2e::run_counted(&[])?;
     passed += e2e_passed;

@@ -22,6 +22,8 @@ use crate::proc::{ServerProc, build_bins};
 
 #[path = "e2e_launcher.rs"]
 mod launcher;
+#[path = "e2e_privilege.rs"]
+mod privilege;
 
 type R = std::result::Result<(), String>;
 
@@ -34,6 +36,9 @@ struct Fx {
     pin: Pin,
     tokens: Mutex<Vec<String>>,
     logs: Mutex<Vec<PathBuf>>,
+    /// The service user the servers drop to (root runs only). Last, so it
+    /// is removed after every server above has stopped.
+    svc: Option<TempUser>,
 }
 
 impl Fx {
@@ -74,13 +79,23 @@ impl Fx {
     /// A second server with its own state dir (another device) and flags.
     fn spawn_server(&self, name: &str, extra: &[&str]) -> std::result::Result<ServerProc, String> {
         let state = self.base.join(format!("state-{name}"));
-        let control = self.base.join("run").join(format!("{name}.sock"));
+        let control = self.base.join("run").join(name).join("c.sock");
         let log = self.base.join(format!("{name}.log"));
         self.logs
             .lock()
             .map_err(|e| e.to_string())?
             .push(log.clone());
-        ServerProc::start(&self.bin, &state, &control, &log, extra).map_err(|e| format!("{e:#}"))
+        let mut args: Vec<&str> = service_args(self.svc.as_ref());
+        args.extend_from_slice(extra);
+        ServerProc::start(&self.bin, &state, &control, &log, &args).map_err(|e| format!("{e:#}"))
+    }
+
+    /// The service user's uid (the server's), or ours when not root.
+    fn svc_uid(&self) -> u32 {
+        self.svc
+            .as_ref()
+            .map(|u| u.uid)
+            .unwrap_or_else(|| nix::unistd::geteuid().as_raw())
     }
 
     async fn send(&self, req: &Request) -> std::result::Result<Response, String> {
@@ -122,6 +137,15 @@ fn flip(token: &str, byte: usize, bit: u8) -> String {
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+/// As root, servers start with `--user <service user>` (they refuse root)
+/// and allow uid 0, which is what this harness and the launcher run as.
+fn service_args(svc: Option<&TempUser>) -> Vec<&str> {
+    match svc {
+        Some(u) => vec!["--user", u.user.as_str(), "--allow-uid", "0"],
+        None => vec![],
+    }
 }
 
 // ---- the cases ---------------------------------------------------------------
@@ -374,7 +398,7 @@ async fn plaintext_ws_refused(fx: &Fx) -> R {
 async fn control_socket_is_0600_owner_only(fx: &Fx) -> R {
     let m = std::fs::metadata(&fx.main.control).map_err(|e| e.to_string())?;
     let mode = m.permissions().mode() & 0o777;
-    if mode != 0o600 || m.uid() != nix::unistd::geteuid().as_raw() {
+    if mode != 0o600 || m.uid() != fx.svc_uid() {
         return Err(format!("mode {mode:o} uid {}", m.uid()));
     }
     Ok(())
@@ -384,6 +408,8 @@ async fn control_socket_is_0600_owner_only(fx: &Fx) -> R {
 struct TempUser {
     user: String,
     group: String,
+    uid: u32,
+    gid: u32,
 }
 
 impl TempUser {
@@ -392,9 +418,11 @@ impl TempUser {
         let user = format!("sge2e{tag}{pid}");
         let group = format!("sge2eg{tag}{pid}");
         run_ok(Command::new("groupadd").arg(&group))?;
-        let me = Self {
+        let mut me = Self {
             user: user.clone(),
             group: group.clone(),
+            uid: 0,
+            gid: 0,
         };
         run_ok(Command::new("useradd").args([
             "--system",
@@ -405,6 +433,12 @@ impl TempUser {
             &group,
             &user,
         ]))?;
+        let u = nix::unistd::User::from_name(&user)
+            .ok()
+            .flatten()
+            .ok_or("created user not found")?;
+        me.uid = u.uid.as_raw();
+        me.gid = u.gid.as_raw();
         Ok(me)
     }
 }
@@ -608,6 +642,9 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     if launcher::CASES.contains(&name) {
         return launcher::dispatch(name, fx).await;
     }
+    if privilege::CASES.contains(&name) {
+        return privilege::dispatch(name, fx).await;
+    }
     let p = fx.port().to_string();
     if let Some((_, o)) = ORIGINS.iter().find(|(n, _)| *n == name) {
         let o = o.map(|o| o.replace("{p}", &p));
@@ -684,6 +721,7 @@ fn case_names() -> Vec<&'static str> {
         "sigterm_closes_sessions_1001_and_exits_0",
     ]);
     v.extend(launcher::CASES);
+    v.extend(privilege::CASES);
     v.extend([
         // last: reads the logs every case above produced
         "audit_log_has_reasons_and_no_secrets",
@@ -720,13 +758,18 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
+        let svc = if is_root() {
+            Some(TempUser::create("svc").map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
         let main_log = base.join("main.log");
         let main = ServerProc::start(
             &bin,
             &base.join("state-main"),
-            &base.join("run/main.sock"),
+            &base.join("run/main/c.sock"),
             &main_log,
-            &[],
+            &service_args(svc.as_ref()),
         )?;
         let (port, pin) = port_and_pin(&main.control)
             .await
@@ -739,6 +782,7 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
             pin,
             tokens: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
+            svc,
         };
         let (mut passed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
         for name in case_names() {
@@ -757,7 +801,7 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
                 }
                 continue;
             }
-            if NEEDS_ROOT.contains(&name) && !is_root() {
+            if (NEEDS_ROOT.contains(&name) || privilege::CASES.contains(&name)) && !is_root() {
                 println!("SKIP {name} (skipped: needs root to create a throwaway user)");
                 skipped += 1;
                 continue;

@@ -296,10 +296,32 @@ async fn no_tcp_port(fx: &Fx) -> R {
 }
 
 async fn reconnects(fx: &Fx) -> R {
-    let sock = fx.base.join("run/l-backend.sock");
+    // The backend runs as the service user in a directory it owns, as an
+    // SDK would: the server (that user too) connects to its 0600 socket.
+    let dir = fx.base.join("run/l-backend");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    if let Some(u) = &fx.svc {
+        std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    }
+    let sock = dir.join("backend.sock");
     let start_backend = || {
-        std::process::Command::new(fx.base.join("bin/screengate"))
-            .arg("demo-backend")
+        let mut cmd = match &fx.svc {
+            Some(u) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args([
+                    "--reuid",
+                    &u.user,
+                    "--regid",
+                    &u.group,
+                    "--clear-groups",
+                    "--",
+                ])
+                .arg(fx.base.join("bin/screengate"));
+                c
+            }
+            None => std::process::Command::new(fx.base.join("bin/screengate")),
+        };
+        cmd.arg("demo-backend")
             .arg("--unix")
             .arg(&sock)
             .stderr(std::process::Stdio::null())

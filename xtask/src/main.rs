@@ -5,6 +5,7 @@
 //!   one `ci: N passed, M failed` line.
 //! * `e2e`  — the real `screengate` binary against the refusal matrix.
 //! * `demo` — the main job on the embedded default, step by step.
+//! * `harden` — release ELF checks and the systemd unit's exposure score.
 //! * `bench` — measurements (never assertions); see `docs/performance.md`.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ mod bench;
 mod ci;
 mod demo;
 mod e2e;
+mod harden;
 mod proc;
 
 fn main() -> ExitCode {
@@ -22,9 +24,10 @@ fn main() -> ExitCode {
         Some("ci") => ci::run(),
         Some("e2e") => e2e::run(args.get(1..).unwrap_or(&[])),
         Some("demo") => demo::run(),
+        Some("harden") => harden::run(),
         Some("bench") => bench::run(args.get(1..).unwrap_or(&[])),
         _ => {
-            eprintln!("usage: cargo xtask <ci | e2e [FILTER] | demo | bench [launch]>");
+            eprintln!("usage: cargo xtask <ci | e2e [FILTER] | demo | harden | bench [launch]>");
             return ExitCode::from(64);
         }
     };

@@ -61,6 +61,18 @@ impl ServerProc {
         log: &Path,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_env(bin, state, control, log, extra, &[])
+    }
+
+    /// As [`ServerProc::start`], with extra environment variables.
+    pub fn start_env(
+        bin: &Path,
+        state: &Path,
+        control: &Path,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Result<Self> {
         let logf =
             std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new(bin);
@@ -73,6 +85,7 @@ impl ServerProc {
             .arg("127.0.0.1:0")
             .args(extra)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);

@@ -98,6 +98,11 @@ impl StateDir {
         self.dir.join(name)
     }
 
+    /// Whether the device key comes from the systemd credential.
+    pub fn device_key_from_credential(&self) -> bool {
+        self.credential_path().is_some()
+    }
+
     fn credential_path(&self) -> Option<PathBuf> {
         let p = self.credentials_dir.as_ref()?.join(CREDENTIAL_NAME);
         p.exists().then_some(p)

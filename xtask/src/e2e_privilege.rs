@@ -1,0 +1,610 @@
+//! e2e cases for least privilege and protected state: root refusal, the
+//! privilege drop, non-dumpable processes, the executable check, OpenSSH-
+//! style permission refusals, unsafe socket paths, corrupt keys, the
+//! SIGKILL loop over `init`, and the systemd credential. Most need root
+//! (a throwaway service user); elsewhere they print `skipped: needs root`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::{Fx, R, TempUser};
+use crate::proc::ServerProc;
+
+pub const CASES: &[&str] = &[
+    "root_execution_refused",
+    "privilege_dropped_for_good",
+    "server_not_dumpable_to_its_own_uid",
+    "launcher_not_dumpable",
+    "writable_executable_refused",
+    "loose_permissions_refused_naming_the_fix",
+    "foreign_socket_path_refused",
+    "corrupt_key_refused_and_kept",
+    "sigkill_during_init_never_leaves_partial_files",
+    "device_key_from_systemd_credential",
+];
+
+pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
+    Some(match name {
+        "root_execution_refused" => root_refused(fx),
+        "privilege_dropped_for_good" => dropped(fx),
+        "server_not_dumpable_to_its_own_uid" => not_dumpable(fx),
+        "launcher_not_dumpable" => launcher_not_dumpable(fx),
+        "writable_executable_refused" => writable_exe(fx),
+        "loose_permissions_refused_naming_the_fix" => loose(fx),
+        "foreign_socket_path_refused" => foreign_socket(fx),
+        "corrupt_key_refused_and_kept" => corrupt_key(fx),
+        "sigkill_during_init_never_leaves_partial_files" => sigkill_loop(fx).await,
+        "device_key_from_systemd_credential" => credential(fx).await,
+        _ => return None,
+    })
+}
+
+fn svc(fx: &Fx) -> Result<&TempUser, String> {
+    fx.svc
+        .as_ref()
+        .ok_or_else(|| "needs the root-only service user".to_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<Output, String> {
+    cmd.output().map_err(|e| format!("{cmd:?}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn screengate(fx: &Fx) -> Command {
+    Command::new(&fx.bin)
+}
+
+fn root_refused(fx: &Fx) -> R {
+    let d = fx.base.join("root-refused");
+    for args in [
+        vec!["serve", "--listen", "127.0.0.1:0"],
+        vec!["init"],
+        vec!["check"],
+    ] {
+        let o = run(screengate(fx).args(&args).arg("--state-dir").arg(&d))?;
+        if o.status.code() != Some(64) || !text(&o).contains("root execution is not permitted") {
+            return Err(format!(
+                "{args:?} as root: exit {:?}: {}",
+                o.status.code(),
+                text(&o)
+            ));
+        }
+    }
+    if d.exists() {
+        return Err("a refused command still created the state dir".into());
+    }
+    Ok(())
+}
+
+fn status_field(pid: u32, field: &str) -> Result<String, String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+fn dropped(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let pid = fx.main.child.id();
+    let uids = status_field(pid, "Uid")?;
+    let gids = status_field(pid, "Gid")?;
+    let want_u = [u.uid; 4].map(|x| x.to_string()).join("\t");
+    let want_g = [u.gid; 4].map(|x| x.to_string()).join("\t");
+    if uids != want_u || gids != want_g {
+        return Err(format!(
+            "Uid {uids:?} Gid {gids:?}, expected {} / {}",
+            u.uid, u.gid
+        ));
+    }
+    let groups = status_field(pid, "Groups")?;
+    if !groups.is_empty() {
+        return Err(format!("supplementary groups kept: {groups}"));
+    }
+    let cap = status_field(pid, "CapEff")?;
+    if !cap.trim_start_matches('0').is_empty() {
+        return Err(format!("effective capabilities left: {cap}"));
+    }
+    // everything it created belongs to the service user
+    for p in [
+        fx.base.join("state-main"),
+        fx.base.join("state-main/device.key"),
+        fx.main.control.clone(),
+    ] {
+        let m = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if m.uid() != u.uid {
+            return Err(format!("{} owned by uid {}", p.display(), m.uid()));
+        }
+    }
+    Ok(())
+}
+
+/// As the service user: reading environ and attaching with ptrace must fail.
+fn probe_as(u: &TempUser, pid: u32) -> Result<(), String> {
+    let as_user = |prog: &str, args: &[String]| {
+        run(Command::new("setpriv")
+            .args([
+                "--reuid",
+                &u.user,
+                "--regid",
+                &u.group,
+                "--clear-groups",
+                "--",
+                prog,
+            ])
+            .args(args))
+    };
+    let o = as_user("cat", &[format!("/proc/{pid}/environ")])?;
+    if o.status.success() {
+        return Err("the service user could read the process's environ".into());
+    }
+    let o = as_user(
+        "strace",
+        &[
+            "-p".into(),
+            pid.to_string(),
+            "-e".into(),
+            "trace=none".into(),
+        ],
+    )?;
+    if o.status.success() || !text(&o).contains("Operation not permitted") {
+        return Err(format!("ptrace attach was not refused: {}", text(&o)));
+    }
+    Ok(())
+}
+
+fn not_dumpable(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    // Self-check: a plain process of the same user *is* readable by it, so
+    // the probe can tell the difference.
+    let mut plain = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &u.user,
+            "--regid",
+            &u.group,
+            "--clear-groups",
+            "--",
+            "sleep",
+            "5",
+        ])
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(100));
+    let probe_plain = probe_as(u, plain.id());
+    let _ = plain.kill();
+    let _ = plain.wait();
+    if probe_plain.is_ok() {
+        return Err("self-check failed: the probe also fails against a dumpable process".into());
+    }
+    probe_as(u, fx.main.child.id())
+}
+
+fn launcher_not_dumpable(fx: &Fx) -> R {
+    // The launcher as the same (unprivileged) user as the probe, waiting for
+    // a server that is not there: a same-uid process must still not read
+    // its environ or attach to it.
+    let u = svc(fx)?;
+    let mut l = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &u.user,
+            "--regid",
+            &u.group,
+            "--clear-groups",
+            "--",
+        ])
+        .arg(fx.base.join("bin/screengate-launch"))
+        .args(["--control", "/nonexistent/c.sock", "--headless"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = matches!(l.try_wait(), Ok(None));
+    let r = probe_as(u, l.id());
+    let _ = l.kill();
+    let _ = l.wait();
+    if !alive {
+        return Err("the launcher exited before it could be probed".into());
+    }
+    r
+}
+
+fn writable_exe(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let dir = fx.base.join("svc-bin");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let exe = dir.join("screengate");
+    std::fs::copy(&fx.bin, &exe).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&exe, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let o = run(Command::new(&exe)
+        .args([
+            "serve",
+            "--user",
+            &u.user,
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(fx.base.join("state-wexe")))?;
+    if o.status.code() != Some(64)
+        || !text(&o).contains("owned by the service user")
+        || !text(&o).contains(&exe.display().to_string())
+    {
+        return Err(format!(
+            "svc-owned binary: exit {:?}: {}",
+            o.status.code(),
+            text(&o)
+        ));
+    }
+    // root-owned but in a directory the service user owns: refused too
+    std::os::unix::fs::chown(&exe, Some(0), Some(0)).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    let o = run(Command::new(&exe)
+        .args([
+            "serve",
+            "--user",
+            &u.user,
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(fx.base.join("state-wexe")))?;
+    if o.status.code() != Some(64) || !text(&o).contains(&dir.display().to_string()) {
+        return Err(format!(
+            "svc-owned directory: exit {:?}: {}",
+            o.status.code(),
+            text(&o)
+        ));
+    }
+    Ok(())
+}
+
+fn init_as_svc(fx: &Fx, dir: &Path) -> R {
+    let u = svc(fx)?;
+    let o = run(screengate(fx)
+        .args(["init", "--user", &u.user, "--state-dir"])
+        .arg(dir))?;
+    if !o.status.success() {
+        return Err(format!("init: {}", text(&o)));
+    }
+    Ok(())
+}
+
+fn check_as_svc(fx: &Fx, dir: &Path, config: Option<&Path>) -> Result<Output, String> {
+    let u = svc(fx)?;
+    let mut c = screengate(fx);
+    c.args(["check", "--user", &u.user, "--state-dir"]).arg(dir);
+    if let Some(cfg) = config {
+        c.arg("--config").arg(cfg);
+    }
+    run(&mut c)
+}
+
+fn loose(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let dir = fx.base.join("state-loose");
+    init_as_svc(fx, &dir)?;
+    let ok = check_as_svc(fx, &dir, None)?;
+    if !ok.status.success() {
+        return Err(format!("fresh identity does not pass check: {}", text(&ok)));
+    }
+    let cfg = fx.base.join("loose.toml");
+    std::fs::write(&cfg, "").map_err(|e| e.to_string())?;
+    type Mutate = Box<dyn Fn(&Path) -> std::io::Result<()>>;
+    type Undo = Box<dyn Fn(&Path) -> std::io::Result<()>>;
+    let (uid, gid) = (u.uid, u.gid);
+    let cases: Vec<(&str, PathBuf, &str, Mutate, Undo)> = vec![
+        (
+            "state dir 0755",
+            dir.clone(),
+            "chmod 700",
+            Box::new(|d| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))),
+            Box::new(|d| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))),
+        ),
+        (
+            "key 0640",
+            dir.join("server.key"),
+            "chmod 600",
+            Box::new(|d| {
+                std::fs::set_permissions(
+                    d.join("server.key"),
+                    std::fs::Permissions::from_mode(0o640),
+                )
+            }),
+            Box::new(|d| {
+                std::fs::set_permissions(
+                    d.join("server.key"),
+                    std::fs::Permissions::from_mode(0o600),
+                )
+            }),
+        ),
+        (
+            "device key owned by another user",
+            dir.join("device.key"),
+            "chown",
+            Box::new(|d| std::os::unix::fs::chown(d.join("device.key"), Some(0), Some(0))),
+            Box::new(move |d| std::os::unix::fs::chown(d.join("device.key"), Some(uid), Some(gid))),
+        ),
+        (
+            "client key a symlink",
+            dir.join("client.key"),
+            "symbolic link",
+            Box::new(|d| {
+                std::fs::rename(d.join("client.key"), d.join("client.key.real"))?;
+                std::os::unix::fs::symlink(d.join("client.key.real"), d.join("client.key"))
+            }),
+            Box::new(|d| {
+                std::fs::remove_file(d.join("client.key"))?;
+                std::fs::rename(d.join("client.key.real"), d.join("client.key"))
+            }),
+        ),
+        (
+            "certificate group-writable",
+            dir.join("server.crt"),
+            "chmod go-w",
+            Box::new(|d| {
+                std::fs::set_permissions(
+                    d.join("server.crt"),
+                    std::fs::Permissions::from_mode(0o664),
+                )
+            }),
+            Box::new(|d| {
+                std::fs::set_permissions(
+                    d.join("server.crt"),
+                    std::fs::Permissions::from_mode(0o644),
+                )
+            }),
+        ),
+    ];
+    for (what, path, fix, mutate, undo) in &cases {
+        mutate(&dir).map_err(|e| format!("{what}: {e}"))?;
+        let o = check_as_svc(fx, &dir, None)?;
+        undo(&dir).map_err(|e| format!("undo {what}: {e}"))?;
+        let t = text(&o);
+        if o.status.success() || !t.contains(&path.display().to_string()) || !t.contains(fix) {
+            return Err(format!("{what}: exit {:?}: {t}", o.status.code()));
+        }
+    }
+    // the config file: group-writable is refused, naming it
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o664))
+        .map_err(|e| e.to_string())?;
+    let o = check_as_svc(fx, &dir, Some(&cfg))?;
+    if o.status.success()
+        || !text(&o).contains(&cfg.display().to_string())
+        || !text(&o).contains("chmod go-w")
+    {
+        return Err(format!("group-writable config: {}", text(&o)));
+    }
+    // and serve refuses it too, before binding anything
+    let o = run(screengate(fx)
+        .args([
+            "serve",
+            "--user",
+            &u.user,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(&dir))?;
+    if o.status.code() != Some(64) || !text(&o).contains(&cfg.display().to_string()) {
+        return Err(format!("serve with group-writable config: {}", text(&o)));
+    }
+    let after = check_as_svc(fx, &dir, None)?;
+    (after.status.success()).then_some(()).ok_or(format!(
+        "identity broken by the test itself: {}",
+        text(&after)
+    ))
+}
+
+fn foreign_socket(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let run_dir = fx.base.join("run/foreign");
+    std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&run_dir, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    let sock = run_dir.join("c.sock");
+    let _held = std::os::unix::net::UnixListener::bind(&sock).map_err(|e| e.to_string())?; // owned by root
+    drop(_held); // a stale socket of another user: still refused, never unlinked
+    let o = run(screengate(fx)
+        .args([
+            "serve",
+            "--user",
+            &u.user,
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+        ])
+        .arg(&sock)
+        .arg("--state-dir")
+        .arg(fx.base.join("state-foreign")))?;
+    if o.status.success() || !text(&o).contains("owned by uid 0") {
+        return Err(format!(
+            "foreign socket: exit {:?}: {}",
+            o.status.code(),
+            text(&o)
+        ));
+    }
+    if !sock.exists() {
+        return Err("the foreign socket was removed".into());
+    }
+    Ok(())
+}
+
+fn corrupt_key(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let dir = fx.base.join("state-corrupt");
+    init_as_svc(fx, &dir)?;
+    let key = dir.join("server.key");
+    let orig = std::fs::read(&key).map_err(|e| e.to_string())?;
+    let half = orig.get(..orig.len() / 2).unwrap_or(&[]).to_vec();
+    std::fs::write(&key, &half).map_err(|e| e.to_string())?;
+    let o = run(screengate(fx)
+        .args([
+            "serve",
+            "--user",
+            &u.user,
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+        ])
+        .arg(fx.base.join("run/corrupt/c.sock"))
+        .arg("--state-dir")
+        .arg(&dir))?;
+    if o.status.success() || !text(&o).contains("server.key") {
+        return Err(format!(
+            "truncated key: exit {:?}: {}",
+            o.status.code(),
+            text(&o)
+        ));
+    }
+    if std::fs::read(&key).map_err(|e| e.to_string())? != half {
+        return Err("the corrupt key was modified (regenerated?)".into());
+    }
+    Ok(())
+}
+
+/// Every identity file present is complete and loadable.
+fn identity_files_whole(dir: &Path) -> Result<usize, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut present = 0;
+    for name in [
+        "device.key",
+        "server.key",
+        "server.crt",
+        "client.key",
+        "client.crt",
+    ] {
+        let p = dir.join(name);
+        let Ok(bytes) = std::fs::read(&p) else {
+            continue;
+        };
+        present += 1;
+        let ok = match name {
+            "device.key" => bytes.len() == 32,
+            n if n.ends_with(".key") => {
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(&bytes).is_ok()
+            }
+            _ => screengate_identity::spki_pin_of_cert(
+                &rustls::pki_types::CertificateDer::from_pem_slice(&bytes)
+                    .map_err(|e| e.to_string())?,
+            )
+            .is_some(),
+        };
+        if !ok {
+            return Err(format!(
+                "{} is partial ({} bytes)",
+                p.display(),
+                bytes.len()
+            ));
+        }
+    }
+    Ok(present)
+}
+
+async fn sigkill_loop(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    // How long does a whole init take? Kill within that window.
+    let probe = fx.base.join("state-kill-probe");
+    let t0 = std::time::Instant::now();
+    init_as_svc(fx, &probe)?;
+    let full = t0.elapsed().as_micros().max(1000);
+    let (mut absent, mut partial_sets, mut complete) = (0, 0, 0);
+    for i in 0..200 {
+        let dir = fx.base.join(format!("state-kill-{}", i % 8));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut child = screengate(fx)
+            .args(["init", "--user", &u.user, "--state-dir"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let delay = rand::rng().random_range(0..full.saturating_mul(12) / 10);
+        std::thread::sleep(Duration::from_micros(u64::try_from(delay).unwrap_or(0)));
+        let _ = child.kill();
+        let _ = child.wait();
+        match identity_files_whole(&dir).map_err(|e| format!("iteration {i}: {e}"))? {
+            0 => absent += 1,
+            5 => complete += 1,
+            _ => partial_sets += 1,
+        }
+        // and whatever was left, a later init completes into a loadable identity
+        if i % 25 == 0 {
+            init_as_svc(fx, &dir)?;
+            if identity_files_whole(&dir)? != 5 {
+                return Err(format!("iteration {i}: init did not complete the identity"));
+            }
+        }
+    }
+    println!(
+        "      (200 kills within ~{} ms: {absent} before any file, {partial_sets} mid-way with whole files only, {complete} after)",
+        full / 1000
+    );
+    if absent + partial_sets + complete != 200 || partial_sets == 0 {
+        return Err(format!(
+            "no kill landed mid-way ({absent}/{partial_sets}/{complete}); the loop proved nothing"
+        ));
+    }
+    Ok(())
+}
+
+async fn credential(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let creds = fx.base.join("creds");
+    std::fs::create_dir_all(&creds).map_err(|e| e.to_string())?;
+    let key = creds.join("screengate-device-key");
+    let mut k = [0u8; 32];
+    rand::rng().fill(&mut k);
+    std::fs::write(&key, k).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&key, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&creds, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    let state = fx.base.join("state-cred");
+    let log = fx.base.join("cred.log");
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let s = ServerProc::start_env(
+        &fx.bin,
+        &state,
+        &fx.base.join("run/cred/c.sock"),
+        &log,
+        &["--user", &u.user, "--allow-uid", "0"],
+        &[("CREDENTIALS_DIRECTORY", &creds)],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    fx.mint_on(&s.control).await?;
+    if state.join("device.key").exists() {
+        return Err("device.key was written although the credential provides it".into());
+    }
+    if !s
+        .log_text()
+        .contains("device_key_source=\"systemd credential\"")
+    {
+        return Err("the server did not report the credential as its device key source".into());
+    }
+    if !fx
+        .main
+        .log_text()
+        .contains("device_key_source=\"state dir\"")
+    {
+        return Err("self-check: the main server should report the state dir".into());
+    }
+    Ok(())
+}
