@@ -102,6 +102,14 @@ pub struct Response {
 /// Connects with TLS to `addr`, trusting only `pin`.
 pub async fn tls_connect(addr: SocketAddr, pin: Pin) -> Result<TlsStream<TcpStream>> {
     let cfg = screengate_identity::verify::pinned_client_config(pin).map_err(|e| e.to_string())?;
+    tls_connect_with(addr, cfg).await
+}
+
+/// Connects with TLS to `addr` using `cfg` (e.g. with a client certificate).
+pub async fn tls_connect_with(
+    addr: SocketAddr,
+    cfg: rustls::ClientConfig,
+) -> Result<TlsStream<TcpStream>> {
     let connector = TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -122,7 +130,17 @@ pub async fn handshake(
     pin: Pin,
     req: &Request,
 ) -> Result<(Response, Option<Ws>)> {
-    let mut tls = tls_connect(addr, pin).await?;
+    let cfg = screengate_identity::verify::pinned_client_config(pin).map_err(|e| e.to_string())?;
+    handshake_with(addr, cfg, req).await
+}
+
+/// As [`handshake`], with a given TLS client config.
+pub async fn handshake_with(
+    addr: SocketAddr,
+    cfg: rustls::ClientConfig,
+    req: &Request,
+) -> Result<(Response, Option<Ws>)> {
+    let mut tls = tls_connect_with(addr, cfg).await?;
     tls.write_all(&req.to_bytes())
         .await
         .map_err(|e| format!("write request: {e}"))?;

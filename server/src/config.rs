@@ -76,6 +76,9 @@ pub struct FileConfig {
     /// `[control]`.
     #[serde(default)]
     pub control: ControlSection,
+    /// `[native]`.
+    #[serde(default)]
+    pub native: NativeSection,
 }
 
 /// `[gateway]`.
@@ -96,6 +99,66 @@ pub struct GatewaySection {
     pub max_message_size: Option<usize>,
     /// Most authenticated sessions at once.
     pub max_sessions: Option<usize>,
+    /// `"none"` (default) or `"pinned"`: require the device's client
+    /// certificate (exact SPKI) on the TLS listener.
+    pub client_auth: Option<String>,
+    /// Tokens on the TLS listener; may only be `false` with
+    /// `client_auth = "pinned"` (see docs/native-clients.md for when that is sound).
+    pub require_token: Option<bool>,
+}
+
+/// `[native]`: the Unix-socket listener for native display clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeSection {
+    /// Socket path; no native listener when absent.
+    pub socket: Option<PathBuf>,
+    /// Uids allowed to connect (SO_PEERCRED).
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Group that may connect (mode 0660 instead of 0600).
+    pub group: Option<String>,
+    /// `"off"`, `"server"` or `"mutual"`.
+    pub tls: Option<String>,
+    /// Token header required; default true unless `tls = "mutual"`.
+    pub require_token: Option<bool>,
+}
+
+/// TLS on the native socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeTls {
+    /// Plain WebSocket over the socket (Unix permissions only).
+    Off,
+    /// TLS with the device server certificate: strace sees ciphertext.
+    Server,
+    /// TLS with the device client certificate required, by exact SPKI pin.
+    Mutual,
+}
+
+impl std::str::FromStr for NativeTls {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(NativeTls::Off),
+            "server" => Ok(NativeTls::Server),
+            "mutual" => Ok(NativeTls::Mutual),
+            other => Err(format!("`{other}` is not off, server or mutual")),
+        }
+    }
+}
+
+/// The resolved native listener.
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Allowed uids; `None`: the server's own.
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Socket group.
+    pub group: Option<String>,
+    /// TLS mode.
+    pub tls: NativeTls,
+    /// Token header required.
+    pub require_token: bool,
 }
 
 /// `[tokens]`.
@@ -139,6 +202,14 @@ pub struct Overrides {
     pub origins: Vec<String>,
     /// `--user`.
     pub user: Option<String>,
+    /// `--native-socket`.
+    pub native_socket: Option<PathBuf>,
+    /// `--native-tls`.
+    pub native_tls: Option<String>,
+    /// `--native-allow-uid` (replaces the file's list when given).
+    pub native_allow_uids: Vec<u32>,
+    /// `--native-require-token`.
+    pub native_require_token: Option<bool>,
 }
 
 /// Where sessions are proxied to.
@@ -206,6 +277,12 @@ pub struct Config {
     pub allowed_uids: Option<Vec<u32>>,
     /// Control socket group.
     pub control_group: Option<String>,
+    /// Require the pinned client certificate on the TLS listener.
+    pub gateway_client_auth: bool,
+    /// Require tokens on the TLS listener.
+    pub gateway_require_token: bool,
+    /// The native listener, if configured.
+    pub native: Option<NativeConfig>,
 }
 
 /// The default state dir: `$XDG_STATE_HOME/screengate`, else
@@ -407,7 +484,89 @@ impl Config {
             return Err(invalid(false, "group", "must not be empty".into()));
         }
 
+        let gateway_client_auth = match file.gateway.client_auth.as_deref() {
+            None | Some("none") => false,
+            Some("pinned") => true,
+            Some(other) => {
+                return Err(invalid(
+                    false,
+                    "client_auth",
+                    format!("`{other}` is not none or pinned"),
+                ));
+            }
+        };
+        let gateway_require_token = file.gateway.require_token.unwrap_or(true);
+        if !gateway_require_token && !gateway_client_auth {
+            return Err(invalid(
+                false,
+                "require_token",
+                "tokens can only be turned off together with client_auth = \"pinned\"".into(),
+            ));
+        }
+
+        let native_socket = o.native_socket.or(file.native.socket);
+        let native = match native_socket {
+            None => None,
+            Some(socket) => {
+                let tls_flag = o.native_tls.is_some();
+                let tls: NativeTls = o
+                    .native_tls
+                    .or(file.native.tls)
+                    .unwrap_or_else(|| "server".into())
+                    .parse()
+                    .map_err(|m| invalid(tls_flag, "tls", m))?;
+                let uids_flag = !o.native_allow_uids.is_empty();
+                let allowed = if uids_flag {
+                    Some(o.native_allow_uids)
+                } else {
+                    file.native.allowed_uids
+                };
+                if allowed.as_ref().is_some_and(|u| u.is_empty()) {
+                    return Err(invalid(
+                        uids_flag,
+                        "allowed_uids",
+                        "must not be empty".into(),
+                    ));
+                }
+                if socket.as_os_str().len() > 100 {
+                    return Err(invalid(
+                        false,
+                        "socket",
+                        "path longer than a Unix socket path may be".into(),
+                    ));
+                }
+                if socket == control_socket {
+                    return Err(invalid(
+                        false,
+                        "socket",
+                        "the native socket must differ from the control socket".into(),
+                    ));
+                }
+                let require_token = o
+                    .native_require_token
+                    .or(file.native.require_token)
+                    .unwrap_or(tls != NativeTls::Mutual);
+                if !require_token && tls != NativeTls::Mutual {
+                    return Err(invalid(
+                        false,
+                        "require_token",
+                        "tokens can only be turned off with tls = \"mutual\"".into(),
+                    ));
+                }
+                Some(NativeConfig {
+                    socket,
+                    allowed_uids: allowed,
+                    group: file.native.group,
+                    tls,
+                    require_token,
+                })
+            }
+        };
+
         Ok(Config {
+            gateway_client_auth,
+            gateway_require_token,
+            native,
             file: file_path.map(Path::to_owned),
             state_dir,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
@@ -665,6 +824,41 @@ group = "display"
             parse_backend("ws://[::1]:9/"),
             Ok(BackendSpec::Ws { .. })
         ));
+    }
+
+    #[test]
+    fn native_defaults_and_refusals() {
+        let c = resolve(
+            "[native]\nsocket = \"/run/sg/native.sock\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        let n = c.native.unwrap();
+        assert_eq!(n.tls, NativeTls::Server);
+        assert!(n.require_token);
+        let c = resolve(
+            "[native]\nsocket = \"/run/sg/n.sock\"\ntls = \"mutual\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(!c.native.unwrap().require_token);
+        for bad in [
+            "[native]\nsocket = \"/run/n.sock\"\ntls = \"maybe\"",
+            "[native]\nsocket = \"/run/n.sock\"\ntls = \"server\"\nrequire_token = false",
+            "[native]\nsocket = \"/run/n.sock\"\ntls = \"off\"\nrequire_token = false",
+            "[native]\nsocket = \"/run/n.sock\"\nallowed_uids = []",
+            "[native]\nsocket = \"/run/n.sock\"\nextra = 1",
+            "[gateway]\nrequire_token = false",
+            "[gateway]\nclient_auth = \"ca\"",
+        ] {
+            assert!(resolve(bad, Overrides::default()).is_err(), "{bad}");
+        }
+        let c = resolve(
+            "[gateway]\nclient_auth = \"pinned\"\nrequire_token = false",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.gateway_client_auth && !c.gateway_require_token);
     }
 
     #[test]

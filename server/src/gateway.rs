@@ -23,9 +23,29 @@ use crate::limits::{
 };
 use crate::server::Shared;
 
-/// The peer address, inserted into every request's extensions.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Peer(pub SocketAddr);
+/// Who is on the other end, inserted into every request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) enum Peer {
+    /// A TCP peer on the TLS listener.
+    Tcp(SocketAddr),
+    /// A native client on the Unix socket (the kernel's SO_PEERCRED).
+    Unix {
+        /// Peer uid.
+        uid: u32,
+        /// Peer pid, when known.
+        pid: Option<i32>,
+    },
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Unix { uid, pid: Some(p) } => write!(f, "uid {uid} pid {p}"),
+            Peer::Unix { uid, pid: None } => write!(f, "uid {uid}"),
+        }
+    }
+}
 
 /// The registry of pending (unauthenticated) connections.
 #[derive(Debug, Default)]
@@ -81,7 +101,7 @@ impl Drop for PendingSlot {
     }
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let path = shared.cfg.path.clone();
     Router::new()
         .route(&path, get(crate::guard::upgrade))
@@ -137,8 +157,24 @@ async fn connection(
             Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return }
         },
     };
+    serve_http(shared, router, tls, Peer::Tcp(peer), evicted).await;
+}
+
+/// Serves HTTP/1.1 with upgrades on an established (TLS or Unix) stream,
+/// with the request-head deadline, until it ends, is evicted, or shutdown.
+pub(crate) async fn serve_http<I>(
+    shared: Arc<Shared>,
+    router: Router,
+    io: I,
+    peer: Peer,
+    mut evicted: oneshot::Receiver<()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut shutdown = shared.shutdown.clone();
+    let ext = peer.clone();
     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(Peer(peer));
+        req.extensions_mut().insert(ext.clone());
         router.clone().oneshot(req)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -148,7 +184,7 @@ async fn connection(
         .max_buf_size(MAX_REQUEST_HEAD)
         .keep_alive(true);
     let conn = builder
-        .serve_connection(TokioIo::new(tls), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -100,12 +100,13 @@ pub struct Policy<'a> {
     pub token_header: &'a http::HeaderName,
 }
 
-/// Steps 1–3 and the structural part of 4: returns the presented token text.
+/// Steps 1–3 and the structural part of 4: returns the presented token
+/// text, if any (the caller decides whether a missing token is refused).
 pub fn check_request<'h>(
     headers: &'h HeaderMap,
     uri: &Uri,
     policy: &Policy<'_>,
-) -> Result<&'h str, Refusal> {
+) -> Result<Option<&'h str>, Refusal> {
     // 1. well-formed
     if uri.query().is_some() {
         return Err(Refusal::BadRequest("query_string"));
@@ -121,19 +122,7 @@ pub fn check_request<'h>(
     if origins.next().is_some() {
         return Err(Refusal::BadRequest("duplicate_origin"));
     }
-    let mut tokens = headers.get_all(policy.token_header).iter();
-    let token = tokens.next();
-    if tokens.next().is_some() {
-        return Err(Refusal::BadRequest("duplicate_token"));
-    }
-    let token = match token {
-        None => None,
-        Some(v) if v.is_empty() => return Err(Refusal::BadRequest("empty_token")),
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| Refusal::BadRequest("non_ascii_token"))?,
-        ),
-    };
+    let token = token_header(headers, policy.token_header)?;
     let host = host
         .to_str()
         .map_err(|_| Refusal::BadRequest("non_ascii_host"))?;
@@ -151,7 +140,40 @@ pub fn check_request<'h>(
     {
         return Err(Refusal::BadOrigin);
     }
-    token.ok_or(Refusal::MissingToken)
+    Ok(token)
+}
+
+/// At most one token header, non-empty visible ASCII.
+fn token_header<'h>(
+    headers: &'h HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'h str>, Refusal> {
+    let mut tokens = headers.get_all(name).iter();
+    let token = tokens.next();
+    if tokens.next().is_some() {
+        return Err(Refusal::BadRequest("duplicate_token"));
+    }
+    match token {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Err(Refusal::BadRequest("empty_token")),
+        Some(v) => Ok(Some(
+            v.to_str()
+                .map_err(|_| Refusal::BadRequest("non_ascii_token"))?,
+        )),
+    }
+}
+
+/// The native socket's request check: no query string, a well-formed token
+/// header if any. No Host or Origin: there is no browser to speak for.
+pub fn check_native_request<'h>(
+    headers: &'h HeaderMap,
+    uri: &Uri,
+    token_header_name: &http::HeaderName,
+) -> Result<Option<&'h str>, Refusal> {
+    if uri.query().is_some() {
+        return Err(Refusal::BadRequest("query_string"));
+    }
+    token_header(headers, token_header_name)
 }
 
 /// `localhost:<port>` (any ASCII case), `127.0.0.1:<port>`, `[::1]:<port>`
@@ -184,19 +206,94 @@ pub fn host_is_ours(host: &str, port: u16, listen_ip: IpAddr) -> bool {
         || name == own_literal
 }
 
+/// How a session was authenticated. Only this module builds one.
+#[derive(Debug)]
+pub(crate) enum SessionAuth {
+    /// A token, consumed.
+    Token(Consumed),
+    /// The device client certificate, verified by exact SPKI pin during the
+    /// TLS handshake (only where tokens are explicitly off).
+    PinnedClientCert,
+}
+
 /// An authenticated session: built only here, after the token was
-/// consumed. The proxy takes this, never a token string.
+/// consumed (or the pinned client certificate checked). The proxy takes
+/// this, never a token string.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub consumed: Consumed,
-    pub peer: std::net::SocketAddr,
-    pub _slot: OwnedSemaphorePermit,
+    auth: SessionAuth,
+    pub peer: Peer,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Session {
+    /// A label for logs: the token-id prefix, or `client-cert`.
+    pub fn label(&self) -> String {
+        match &self.auth {
+            SessionAuth::Token(c) => c.id().prefix(),
+            SessionAuth::PinnedClientCert => "client-cert".into(),
+        }
+    }
 }
 
 fn refuse(peer: &Peer, refusal: Refusal, token_id: Option<String>) -> Response {
-    audit!(warn, event = "rejected", reason = refusal.reason(), peer = %peer.0,
+    audit!(warn, event = "rejected", reason = refusal.reason(), peer = %peer,
         token_id = token_id.as_deref().unwrap_or("-"));
     refusal.into_response()
+}
+
+/// Steps 4–8 shared by both listeners: verify the token (if one is
+/// required), take a session slot, connect the backend, consume, 101.
+async fn admit(
+    shared: Arc<Shared>,
+    peer: Peer,
+    ws: WebSocketUpgrade,
+    token: Option<&str>,
+    channel: Channel,
+) -> Response {
+    let verified = match token {
+        None => None,
+        Some(text) => match shared.authority.verify(text, channel) {
+            Ok(v) => Some(v),
+            Err(r) => {
+                return refuse(
+                    &peer,
+                    Refusal::Token(r),
+                    screengate_token::claimed_id_prefix(text),
+                );
+            }
+        },
+    };
+    let id = verified.as_ref().map(|v| v.id().prefix());
+    let Ok(slot) = shared.sessions.clone().try_acquire_owned() else {
+        return refuse(&peer, Refusal::SessionLimit, id);
+    };
+    let backend =
+        match crate::backend::connect(&shared.cfg.backend, shared.cfg.max_message_size).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "backend connect failed");
+                return refuse(&peer, Refusal::BackendUnavailable, id);
+            }
+        };
+    let auth = match verified {
+        None => SessionAuth::PinnedClientCert,
+        Some(v) => match shared.authority.consume(v) {
+            Ok(c) => SessionAuth::Token(c),
+            Err(r) => return refuse(&peer, Refusal::Token(r), id),
+        },
+    };
+    let session = Session {
+        auth,
+        peer,
+        _slot: slot,
+    };
+    audit!(info, event = "accepted", peer = %session.peer, token_id = %session.label(), channel = channel.as_str());
+    let shutdown = shared.shutdown.clone();
+    ws.max_message_size(shared.cfg.max_message_size)
+        .max_frame_size(shared.cfg.max_message_size)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed after 101"))
+        .on_upgrade(move |socket| crate::proxy::run(socket, backend, session, shutdown))
 }
 
 pub(crate) async fn upgrade(
@@ -212,51 +309,40 @@ pub(crate) async fn upgrade(
         origins: &shared.origins,
         token_header: &shared.cfg.token_header,
     };
-    let text = match check_request(&headers, &uri, &policy) {
+    let token = match check_request(&headers, &uri, &policy) {
         Ok(t) => t,
         Err(r) => return refuse(&peer, r, None),
     };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(_) => return refuse(&peer, Refusal::BadRequest("not_websocket_upgrade"), None),
+    let Ok(ws) = ws else {
+        return refuse(&peer, Refusal::BadRequest("not_websocket_upgrade"), None);
     };
-    let verified = match shared.authority.verify(text, Channel::Display) {
-        Ok(v) => v,
-        Err(r) => {
-            return refuse(
-                &peer,
-                Refusal::Token(r),
-                screengate_token::claimed_id_prefix(text),
-            );
-        }
+    // Without tokens (only possible with the pinned client certificate,
+    // which rustls already required) a presented token is still verified.
+    if token.is_none() && shared.cfg.gateway_require_token {
+        return refuse(&peer, Refusal::MissingToken, None);
+    }
+    admit(shared.clone(), peer, ws, token, Channel::Display).await
+}
+
+pub(crate) async fn native_upgrade(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let token = match check_native_request(&headers, &uri, &shared.cfg.token_header) {
+        Ok(t) => t,
+        Err(r) => return refuse(&peer, r, None),
     };
-    let id = verified.id().prefix();
-    let Ok(slot) = shared.sessions.clone().try_acquire_owned() else {
-        return refuse(&peer, Refusal::SessionLimit, Some(id));
+    let Ok(ws) = ws else {
+        return refuse(&peer, Refusal::BadRequest("not_websocket_upgrade"), None);
     };
-    let backend =
-        match crate::backend::connect(&shared.cfg.backend, shared.cfg.max_message_size).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "backend connect failed");
-                return refuse(&peer, Refusal::BackendUnavailable, Some(id));
-            }
-        };
-    let consumed = match shared.authority.consume(verified) {
-        Ok(c) => c,
-        Err(r) => return refuse(&peer, Refusal::Token(r), Some(id)),
-    };
-    audit!(info, event = "accepted", peer = %peer.0, token_id = %consumed.id(), channel = consumed.channel().as_str());
-    let session = Session {
-        consumed,
-        peer: peer.0,
-        _slot: slot,
-    };
-    let shutdown = shared.shutdown.clone();
-    ws.max_message_size(shared.cfg.max_message_size)
-        .max_frame_size(shared.cfg.max_message_size)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed after 101"))
-        .on_upgrade(move |socket| crate::proxy::run(socket, backend, session, shutdown))
+    let require = shared.native.as_ref().is_none_or(|n| n.require_token);
+    if token.is_none() && require {
+        return refuse(&peer, Refusal::MissingToken, None);
+    }
+    admit(shared.clone(), peer, ws, token, Channel::Native).await
 }
 
 #[cfg(test)]
@@ -324,7 +410,8 @@ mod tests {
             origins: &origins,
             token_header: &name,
         };
-        check_request(&hm(pairs), &uri.parse().unwrap(), &p).map(str::to_owned)
+        check_request(&hm(pairs), &uri.parse().unwrap(), &p)
+            .and_then(|t| t.map(str::to_owned).ok_or(Refusal::MissingToken))
     }
 
     const H: (&str, &[u8]) = ("host", b"localhost:8933");
@@ -397,6 +484,29 @@ mod tests {
                 "{o:?}"
             );
         }
+    }
+
+    #[test]
+    fn native_requests_need_no_host_or_origin_but_a_clean_token_header() {
+        let name = http::HeaderName::from_static("x-screengate-token");
+        let uri: Uri = "/ws".parse().unwrap();
+        assert_eq!(
+            check_native_request(&hm(&[T]), &uri, &name).unwrap(),
+            Some("tok")
+        );
+        assert_eq!(check_native_request(&hm(&[]), &uri, &name).unwrap(), None);
+        assert_eq!(
+            check_native_request(&hm(&[T, T]), &uri, &name).unwrap_err(),
+            Refusal::BadRequest("duplicate_token")
+        );
+        assert_eq!(
+            check_native_request(&hm(&[("x-screengate-token", b"")]), &uri, &name).unwrap_err(),
+            Refusal::BadRequest("empty_token")
+        );
+        assert_eq!(
+            check_native_request(&hm(&[T]), &"/ws?t=1".parse().unwrap(), &name).unwrap_err(),
+            Refusal::BadRequest("query_string")
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod demo;
 mod gateway;
 mod guard;
 mod limits;
+mod native;
 pub mod privilege;
 mod proxy;
 mod server;

@@ -31,6 +31,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up; the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Create the device identity (never overwrites without --force).
@@ -72,6 +74,18 @@ enum Cmd {
         /// Started as root: prepare directories for this user and drop to it for good.
         #[arg(long)]
         user: Option<String>,
+        /// Unix socket for native display clients.
+        #[arg(long)]
+        native_socket: Option<PathBuf>,
+        /// TLS on the native socket: off, server or mutual.
+        #[arg(long)]
+        native_tls: Option<String>,
+        /// Uid allowed on the native socket (repeatable).
+        #[arg(long = "native-allow-uid")]
+        native_allow_uid: Vec<u32>,
+        /// Require a token on the native socket (default: unless --native-tls mutual).
+        #[arg(long)]
+        native_require_token: Option<bool>,
     },
     /// Ask a running server for a token; prints the control socket's reply.
     Mint {
@@ -283,6 +297,10 @@ fn run_other(cmd: Cmd) -> ExitCode {
             origin,
             log_format,
             user,
+            native_socket,
+            native_tls,
+            native_allow_uid,
+            native_require_token,
         } => {
             init_tracing(log_format);
             let o = Overrides {
@@ -294,6 +312,10 @@ fn run_other(cmd: Cmd) -> ExitCode {
                 allow_uids: allow_uid,
                 origins: origin,
                 user,
+                native_socket,
+                native_tls,
+                native_allow_uids: native_allow_uid,
+                native_require_token,
             };
             let cfg = match commands::load_config(common.config.as_deref(), o) {
                 Ok(c) => c,
@@ -316,7 +338,20 @@ fn run_other(cmd: Cmd) -> ExitCode {
                     mode: 0o711,
                 });
             }
-            let groups: Vec<String> = cfg.control_group.iter().cloned().collect();
+            if let Some(parent) = cfg
+                .native
+                .as_ref()
+                .and_then(|n| n.socket.parent())
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                dirs.push(NeededDir {
+                    path: parent.to_owned(),
+                    mode: 0o711,
+                });
+            }
+            let mut groups: Vec<String> = cfg.control_group.iter().cloned().collect();
+            groups.extend(cfg.native.as_ref().and_then(|n| n.group.clone()));
+            groups.dedup();
             if let Err(c) = secure_start(cfg.user.as_deref(), &dirs, &groups) {
                 return c;
             }

@@ -59,7 +59,7 @@ pub(crate) async fn run(
 ) {
     let (mut c_tx, mut c_rx) = client.split();
     let (mut b_tx, mut b_rx) = backend.split();
-    let id = session.consumed.id();
+    let id = session.label();
     let end: &'static str = loop {
         tokio::select! {
             m = c_rx.next() => match m {

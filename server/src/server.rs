@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
-use crate::config::Config;
+use crate::config::{Config, NativeTls};
 use crate::control::RateLimiter;
 use crate::gateway::Pending;
 use crate::limits::SHUTDOWN_GRACE;
@@ -73,6 +73,7 @@ pub(crate) struct Shared {
     pub pending: Arc<Pending>,
     pub rate: Mutex<RateLimiter>,
     pub csp: HeaderValue,
+    pub native: Option<crate::native::Native>,
 }
 
 impl Shared {
@@ -86,6 +87,7 @@ pub struct Server {
     shared: Arc<Shared>,
     tcp: TcpListener,
     control: UnixListener,
+    native: Option<UnixListener>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -129,7 +131,19 @@ impl Server {
         };
         info!(device_key_source = source, "device identity loaded");
         let authority = Authority::new(&identity.device_key, cfg.token_ttl, MonotonicClock::new())?;
-        let tls = TlsAcceptor::from(crate::tls::server_config(&identity)?);
+        let tls = TlsAcceptor::from(crate::tls::server_config(
+            &identity,
+            cfg.gateway_client_auth,
+        )?);
+        let native_tls = match cfg.native.as_ref().map(|n| n.tls) {
+            None | Some(NativeTls::Off) => None,
+            Some(NativeTls::Server) => Some(TlsAcceptor::from(crate::tls::server_config(
+                &identity, false,
+            )?)),
+            Some(NativeTls::Mutual) => Some(TlsAcceptor::from(crate::tls::server_config(
+                &identity, true,
+            )?)),
+        };
         let server_pin = identity.server_pin.to_string();
         drop(identity);
 
@@ -146,6 +160,15 @@ impl Server {
             source,
         })?;
         let control = bind_private_socket(&cfg.control_socket, cfg.control_group.as_deref(), uid)?;
+        let native_listener = match &cfg.native {
+            None => None,
+            Some(n) => Some(bind_private_socket(&n.socket, n.group.as_deref(), uid)?),
+        };
+        let native = cfg.native.as_ref().map(|n| crate::native::Native {
+            allowed_uids: n.allowed_uids.clone().unwrap_or_else(|| vec![uid]),
+            tls: native_tls,
+            require_token: n.require_token,
+        });
 
         let port = local.port();
         let origins = cfg
@@ -187,12 +210,14 @@ impl Server {
                 buckets: HashMap::new(),
             }),
             csp,
+            native,
             cfg,
         });
         Ok(Server {
             shared,
             tcp,
             control,
+            native: native_listener,
             shutdown_tx,
         })
     }
@@ -207,6 +232,11 @@ impl Server {
         &self.shared.cfg.control_socket
     }
 
+    /// The native socket path, if configured.
+    pub fn native_path(&self) -> Option<&Path> {
+        self.shared.cfg.native.as_ref().map(|n| n.socket.as_path())
+    }
+
     /// The gateway certificate's SPKI pin.
     pub fn server_pin(&self) -> &str {
         &self.shared.server_pin
@@ -219,15 +249,20 @@ impl Server {
             shared,
             tcp,
             control,
+            native,
             shutdown_tx,
         } = self;
         let gw = tokio::spawn(crate::gateway::accept_loop(shared.clone(), tcp));
         let ctl = tokio::spawn(crate::control::accept_loop(shared.clone(), control));
+        let nat = native.map(|l| tokio::spawn(crate::native::accept_loop(shared.clone(), l)));
         shutdown.await;
         info!("shutdown requested: closing listeners and sessions");
         let _ = shutdown_tx.send(true);
         let _ = gw.await;
         let _ = ctl.await;
+        if let Some(n) = nat {
+            let _ = n.await;
+        }
         let max = u32::try_from(shared.cfg.max_sessions).unwrap_or(u32::MAX);
         if tokio::time::timeout(SHUTDOWN_GRACE, shared.sessions.acquire_many(max))
             .await
@@ -236,6 +271,9 @@ impl Server {
             tracing::warn!("sessions still open after the grace period; exiting anyway");
         }
         let _ = std::fs::remove_file(&shared.cfg.control_socket);
+        if let Some(n) = &shared.cfg.native {
+            let _ = std::fs::remove_file(&n.socket);
+        }
         info!("stopped");
         Ok(())
     }

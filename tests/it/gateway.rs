@@ -167,3 +167,83 @@ async fn demo_backend_sends_status_messages() {
     let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
     assert_eq!(v["type"], "status");
 }
+
+fn client_cfg(s: &crate::harness::Running, with_cert: bool) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    if !with_cert {
+        return screengate_identity::verify::pinned_client_config(s.pin).unwrap();
+    }
+    let state = s.dir.path().join("state");
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(state.join("client.crt")).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(state.join("client.key")).unwrap();
+    screengate_identity::verify::pinned_client_config_with_cert(s.pin, cert, key).unwrap()
+}
+
+#[tokio::test]
+async fn pinned_client_auth_on_the_tls_listener_still_wants_tokens() {
+    let s = start_with(|_, f| f.gateway.client_auth = Some("pinned".into())).await;
+    let (token, _) = mint(&s.control).await.unwrap();
+    // no client certificate: the TLS handshake itself fails
+    let r = screengate_tests::handshake_with(
+        s.addr,
+        client_cfg(&s, false),
+        &Request::display(s.port(), Some(&token)),
+    )
+    .await;
+    assert!(
+        r.is_err()
+            || r.as_ref()
+                .is_ok_and(|(resp, ws)| resp.status != 101 && ws.is_none())
+    );
+    // with the certificate but no token: 403 (tokens stay on by default)
+    let (resp, _) = screengate_tests::handshake_with(
+        s.addr,
+        client_cfg(&s, true),
+        &Request::display(s.port(), None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 403);
+    // with both: 101
+    let (resp, ws) = screengate_tests::handshake_with(
+        s.addr,
+        client_cfg(&s, true),
+        &Request::display(s.port(), Some(&token)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 101);
+    assert_eq!(echo(&mut ws.unwrap(), "mtls").await.unwrap(), "mtls");
+}
+
+#[tokio::test]
+async fn tokens_off_with_pinned_client_auth_still_checks_origin() {
+    let s = start_with(|_, f| {
+        f.gateway.client_auth = Some("pinned".into());
+        f.gateway.require_token = Some(false);
+    })
+    .await;
+    let (resp, ws) = screengate_tests::handshake_with(
+        s.addr,
+        client_cfg(&s, true),
+        &Request::display(s.port(), None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 101);
+    drop(ws);
+    let bad = Request::display(s.port(), None).set("Origin", Some("https://evil.example"));
+    let (resp, _) = screengate_tests::handshake_with(s.addr, client_cfg(&s, true), &bad)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 403);
+    // a presented token is still verified, not ignored
+    let (resp, _) = screengate_tests::handshake_with(
+        s.addr,
+        client_cfg(&s, true),
+        &Request::display(s.port(), Some("forged")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 403);
+}

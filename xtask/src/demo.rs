@@ -19,22 +19,26 @@ pub fn run() -> Result<bool> {
     let base = root().join("target/demo");
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
-    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    // traversable by the service user the server drops to when we are root
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
     let state = base.join("state");
-    let control = base.join("control.sock");
+    let control = base.join("run/control.sock");
     let log = base.join("server.log");
+    // screengate refuses to run as root; as root the demo starts it with
+    // --user nobody (it drops to that user before reading keys or binding)
+    // and lets root (this demo and the launcher) mint.
+    let root_user = nix::unistd::geteuid().is_root();
+    let mut args = vec!["--backend", "demo"];
+    if root_user {
+        args.extend(["--user", "nobody", "--allow-uid", "0"]);
+    }
     println!(
-        "[2/5] starting `screengate serve --backend demo` (state {}, log {})",
+        "[2/5] starting `screengate serve {}` (state {}, log {})",
+        args.join(" "),
         state.display(),
         log.display()
     );
-    let mut server = ServerProc::start(
-        &bins.join("screengate"),
-        &state,
-        &control,
-        &log,
-        &["--backend", "demo"],
-    )?;
+    let mut server = ServerProc::start(&bins.join("screengate"), &state, &control, &log, &args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

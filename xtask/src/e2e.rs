@@ -22,6 +22,8 @@ use crate::proc::{ServerProc, build_bins};
 
 #[path = "e2e_launcher.rs"]
 mod launcher;
+#[path = "e2e_native.rs"]
+mod native;
 #[path = "e2e_privilege.rs"]
 mod privilege;
 
@@ -645,6 +647,9 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     if privilege::CASES.contains(&name) {
         return privilege::dispatch(name, fx).await;
     }
+    if native::CASES.contains(&name) {
+        return native::dispatch(name, fx).await;
+    }
     let p = fx.port().to_string();
     if let Some((_, o)) = ORIGINS.iter().find(|(n, _)| *n == name) {
         let o = o.map(|o| o.replace("{p}", &p));
@@ -722,6 +727,7 @@ fn case_names() -> Vec<&'static str> {
     ]);
     v.extend(launcher::CASES);
     v.extend(privilege::CASES);
+    v.extend(native::CASES);
     v.extend([
         // last: reads the logs every case above produced
         "audit_log_has_reasons_and_no_secrets",
@@ -748,7 +754,7 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
     }
     let bin = base.join("bin/screengate");
-    for name in ["screengate", "screengate-launch"] {
+    for name in ["screengate", "screengate-launch", "screengate-client"] {
         let to = base.join("bin").join(name);
         std::fs::copy(bins.join(name), &to).with_context(|| format!("copy {name} binary"))?;
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
@@ -801,7 +807,11 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
                 }
                 continue;
             }
-            if (NEEDS_ROOT.contains(&name) || privilege::CASES.contains(&name)) && !is_root() {
+            if (NEEDS_ROOT.contains(&name)
+                || privilege::CASES.contains(&name)
+                || native::CASES.contains(&name))
+                && !is_root()
+            {
                 println!("SKIP {name} (skipped: needs root to create a throwaway user)");
                 skipped += 1;
                 continue;

@@ -189,3 +189,18 @@ pub fn pinned_client_config(pin: Pin) -> Result<rustls::ClientConfig, Error> {
             .with_no_client_auth(),
     )
 }
+
+/// A rustls client config that trusts only `pin` and presents `cert`/`key`
+/// (mutual TLS with the device client certificate).
+pub fn pinned_client_config_with_cert(
+    pin: Pin,
+    cert: CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<rustls::ClientConfig, Error> {
+    let provider = provider();
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServerCert::new(pin, provider)))
+        .with_client_auth_cert(vec![cert], key)
+}

@@ -1,0 +1,113 @@
+//! The Unix-socket listener for native display clients (an OpenGL renderer,
+//! no browser): the kernel's peer uid must be allowed, then TLS if
+//! configured (server, or mutual with the device client certificate pinned
+//! by exact SPKI), then the same WebSocket upgrade and proxy as the TLS
+//! path, minus Origin and Host (there is no browser to speak for).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::gateway::{Peer, serve_http};
+use crate::limits::TLS_HANDSHAKE_TIMEOUT;
+use crate::server::Shared;
+
+/// The native listener's own settings, resolved at bind time.
+pub(crate) struct Native {
+    /// Peer uids allowed to connect.
+    pub allowed_uids: Vec<u32>,
+    /// TLS, when configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Token required on the upgrade.
+    pub require_token: bool,
+}
+
+impl std::fmt::Debug for Native {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Native")
+            .field("allowed_uids", &self.allowed_uids)
+            .field("tls", &self.tls.is_some())
+            .field("require_token", &self.require_token)
+            .finish()
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let path = shared.cfg.path.clone();
+    Router::new()
+        .route(&path, get(crate::guard::native_upgrade))
+        .with_state(shared)
+}
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    let router = router(shared.clone());
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "native accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (slot, evicted) = shared.pending.admit();
+        let shared = shared.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            connection(shared, router, stream, evicted).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    router: Router,
+    stream: UnixStream,
+    evicted: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Some(native) = shared.native.as_ref() else {
+        return;
+    };
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "native peer credentials unavailable; closing");
+            return;
+        }
+    };
+    let peer = Peer::Unix {
+        uid: cred.uid(),
+        pid: cred.pid(),
+    };
+    if !native.allowed_uids.contains(&cred.uid()) {
+        crate::audit!(warn, event = "rejected", reason = "uid_not_allowed", listener = "native", peer = %peer);
+        return;
+    }
+    match &native.tls {
+        None => serve_http(shared.clone(), router, stream, peer, evicted).await,
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    crate::audit!(warn, event = "rejected", reason = "tls_handshake", listener = "native", peer = %peer, error = %e);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "native TLS handshake timed out");
+                    return;
+                }
+            };
+            serve_http(shared.clone(), router, tls, peer, evicted).await;
+        }
+    }
+}
