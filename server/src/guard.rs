@@ -236,9 +236,50 @@ impl Session {
     }
 }
 
+/// At most this many rejection events are logged per second; the rest are
+/// counted and the count is reported with the next logged one. A flood of
+/// bad handshakes costs bounded log volume, and nothing is silently lost.
+pub const MAX_REJECTION_LOGS_PER_SEC: u32 = 50;
+
+struct LogWindow {
+    second: u64,
+    logged: u32,
+    suppressed: u64,
+}
+
+static REJECTION_LOG: std::sync::Mutex<LogWindow> = std::sync::Mutex::new(LogWindow {
+    second: 0,
+    logged: 0,
+    suppressed: 0,
+});
+
+/// Whether to log this rejection, and how many were suppressed before it.
+fn rejection_log_slot() -> Option<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut w = REJECTION_LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if w.second != now {
+        w.second = now;
+        w.logged = 0;
+    }
+    if w.logged < MAX_REJECTION_LOGS_PER_SEC {
+        w.logged += 1;
+        Some(std::mem::take(&mut w.suppressed))
+    } else {
+        w.suppressed += 1;
+        None
+    }
+}
+
 fn refuse(peer: &Peer, refusal: Refusal, token_id: Option<String>) -> Response {
-    audit!(warn, event = "rejected", reason = refusal.reason(), peer = %peer,
-        token_id = token_id.as_deref().unwrap_or("-"));
+    if let Some(suppressed) = rejection_log_slot() {
+        audit!(warn, event = "rejected", reason = refusal.reason(), peer = %peer,
+            token_id = token_id.as_deref().unwrap_or("-"), suppressed_before = suppressed);
+    }
     refusal.into_response()
 }
 

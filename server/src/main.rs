@@ -256,7 +256,9 @@ fn run_other(cmd: Cmd) -> ExitCode {
             match rt.block_on(commands::mint(&control, &channel)) {
                 Ok(line) => {
                     println!("{line}");
-                    if line.starts_with(r#"{"ok":true"#) {
+                    let ok = serde_json::from_str::<serde_json::Value>(&line)
+                        .is_ok_and(|v| v["ok"] == true);
+                    if ok {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

@@ -19,6 +19,33 @@ use crate::guard::Session;
 const GOING_AWAY: u16 = 1001;
 /// WebSocket close: internal error (backend gone).
 const INTERNAL_ERROR: u16 = 1011;
+/// WebSocket close: policy violation (idle too long).
+const POLICY: u16 = 1008;
+/// WebSocket close: message too big.
+const TOO_BIG: u16 = 1009;
+/// WebSocket close: invalid payload data (text that is not UTF-8).
+const BAD_DATA: u16 = 1007;
+/// WebSocket close: protocol error.
+const PROTOCOL: u16 = 1002;
+
+/// How often the server pings the client.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+/// A client silent this long (not even a pong) is closed.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Maps a client read error to a close code, reason and audit end.
+fn classify(e: axum::Error) -> (Option<u16>, &'static str, &'static str) {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>() {
+        Ok(b) => match *b {
+            WsError::Capacity(_) => (Some(TOO_BIG), "message too big", "client_message_too_big"),
+            WsError::Utf8(_) => (Some(BAD_DATA), "invalid UTF-8", "client_invalid_utf8"),
+            WsError::Protocol(_) => (Some(PROTOCOL), "protocol error", "client_protocol_error"),
+            _ => (None, "", "client_gone"),
+        },
+        Err(_) => (None, "", "client_gone"),
+    }
+}
 
 fn to_backend(m: AMessage) -> Option<TMessage> {
     match m {
@@ -60,10 +87,26 @@ pub(crate) async fn run(
     let (mut c_tx, mut c_rx) = client.split();
     let (mut b_tx, mut b_rx) = backend.split();
     let id = session.label();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await; // the first tick is immediate
+    let mut last_heard = tokio::time::Instant::now();
     let end: &'static str = loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= IDLE_TIMEOUT {
+                    let _ = c_tx.send(client_close(POLICY, "idle timeout")).await;
+                    let _ = b_tx.send(TMessage::Close(None)).await;
+                    break "idle_timeout";
+                }
+                if c_tx.send(AMessage::Ping(bytes::Bytes::new())).await.is_err() {
+                    let _ = b_tx.send(TMessage::Close(None)).await;
+                    break "client_gone";
+                }
+            }
             m = c_rx.next() => match m {
                 Some(Ok(m)) => {
+                    last_heard = tokio::time::Instant::now();
                     let closing = matches!(m, AMessage::Close(_));
                     if let Some(out) = to_backend(m)
                         && b_tx.send(out).await.is_err() {
@@ -72,7 +115,16 @@ pub(crate) async fn run(
                         }
                     if closing { break "client_closed" }
                 }
-                Some(Err(_)) | None => {
+                Some(Err(e)) => {
+                    // Tell the client why, where the protocol has a code for it.
+                    let (code, reason, end) = classify(e);
+                    if let Some(code) = code {
+                        let _ = c_tx.send(client_close(code, reason)).await;
+                    }
+                    let _ = b_tx.send(TMessage::Close(None)).await;
+                    break end;
+                }
+                None => {
                     let _ = b_tx.send(TMessage::Close(None)).await;
                     break "client_gone";
                 }

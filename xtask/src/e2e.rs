@@ -20,6 +20,8 @@ use screengate_tests::{Request, Response, echo, handshake};
 
 use crate::proc::{ServerProc, build_bins};
 
+#[path = "e2e_hostile.rs"]
+mod hostile;
 #[path = "e2e_launcher.rs"]
 mod launcher;
 #[path = "e2e_native.rs"]
@@ -650,6 +652,9 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     if native::CASES.contains(&name) {
         return native::dispatch(name, fx).await;
     }
+    if hostile::CASES.contains(&name) {
+        return hostile::dispatch(name, fx).await;
+    }
     let p = fx.port().to_string();
     if let Some((_, o)) = ORIGINS.iter().find(|(n, _)| *n == name) {
         let o = o.map(|o| o.replace("{p}", &p));
@@ -728,6 +733,7 @@ fn case_names() -> Vec<&'static str> {
     v.extend(launcher::CASES);
     v.extend(privilege::CASES);
     v.extend(native::CASES);
+    v.extend(hostile::CASES);
     v.extend([
         // last: reads the logs every case above produced
         "audit_log_has_reasons_and_no_secrets",
