@@ -227,11 +227,10 @@ async fn flood(fx: &Fx) -> R {
             tokio::spawn(async move {
                 while sent.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
                     let req = Request::display(port, Some("AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
-                    if let Ok((r, _)) = handshake(addr, pin, &req).await {
-                        if r.status == 403 {
+                    if let Ok((r, _)) = handshake(addr, pin, &req).await
+                        && r.status == 403 {
                             refused.fetch_add(1, Ordering::Relaxed);
                         }
-                    }
                 }
             })
         })
