@@ -14,7 +14,7 @@ pub mod audit;
 mod backend;
 pub mod commands;
 pub mod config;
-mod control;
+pub mod control;
 pub mod demo;
 mod gateway;
 mod guard;

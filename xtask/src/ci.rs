@@ -80,6 +80,9 @@ pub fn run() -> Result<bool> {
     let (h_passed, h_failed) = crate::harden::run_counted()?;
     passed += h_passed;
     failed += h_failed;
+    let (f_passed, f_failed) = crate::fuzz::run_counted(&["--smoke".to_owned()])?;
+    passed += f_passed;
+    failed += f_failed;
     println!("==> e2e");
     let (e2e_passed, e2e_failed) = crate::e2e::run_counted(&[])?;
     passed += e2e_passed;

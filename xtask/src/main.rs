@@ -6,6 +6,7 @@
 //! * `e2e`  — the real `screengate` binary against the refusal matrix.
 //! * `demo` — the main job on the embedded default, step by step.
 //! * `harden` — release ELF checks and the systemd unit's exposure score.
+//! * `fuzz` — libFuzzer on the parsers (`--smoke`: 10 s each, in ci).
 //! * `bench` — measurements (never assertions); see `docs/performance.md`.
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ mod bench;
 mod ci;
 mod demo;
 mod e2e;
+mod fuzz;
 mod harden;
 mod proc;
 
@@ -25,9 +27,12 @@ fn main() -> ExitCode {
         Some("e2e") => e2e::run(args.get(1..).unwrap_or(&[])),
         Some("demo") => demo::run(),
         Some("harden") => harden::run(),
+        Some("fuzz") => fuzz::run(args.get(1..).unwrap_or(&[])),
         Some("bench") => bench::run(args.get(1..).unwrap_or(&[])),
         _ => {
-            eprintln!("usage: cargo xtask <ci | e2e [FILTER] | demo | harden | bench [launch]>");
+            eprintln!(
+                "usage: cargo xtask <ci | e2e [FILTER] | demo | harden | fuzz [--smoke] | bench [launch]>"
+            );
             return ExitCode::from(64);
         }
     };

@@ -394,3 +394,48 @@ fn racing_consumers_exactly_one_wins() {
         assert_eq!(wins.load(Ordering::SeqCst), 1);
     }
 }
+
+// ---- properties ------------------------------------------------------------
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any change to any byte of a genuine token is rejected.
+        #[test]
+        fn any_byte_change_is_rejected(index in 0usize..82, flip in 1u8..=255) {
+            let (a, _) = authority();
+            let t = mint(&a, Channel::Display);
+            let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+            raw[index] ^= flip;
+            let changed = URL_SAFE_NO_PAD.encode(&raw);
+            prop_assert!(a.verify(&changed, Channel::Display).is_err());
+            // and the genuine token is unaffected
+            prop_assert!(a.verify(&t, Channel::Display).is_ok());
+        }
+
+        /// Any change to any character of the text form is rejected.
+        #[test]
+        fn any_character_change_is_rejected(index in 0usize..110, c in "[A-Za-z0-9_+/=. -]") {
+            let (a, _) = authority();
+            let t = mint(&a, Channel::Display);
+            let mut chars: Vec<char> = t.chars().collect();
+            let new = c.chars().next().unwrap();
+            prop_assume!(chars[index] != new);
+            chars[index] = new;
+            let changed: String = chars.into_iter().collect();
+            prop_assert!(a.verify(&changed, Channel::Display).is_err());
+        }
+
+        /// Arbitrary input never panics and is never accepted.
+        #[test]
+        fn arbitrary_text_is_rejected(s in ".{0,200}") {
+            let (a, _) = authority();
+            prop_assert!(a.verify(&s, Channel::Display).is_err());
+            prop_assert!(a.verify(&s, Channel::Native).is_err());
+        }
+    }
+}
