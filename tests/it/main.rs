@@ -7,6 +7,7 @@
 
 // Test helpers outside #[test] functions may unwrap: a failure there is a
 // test failure, which is the point.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod control;

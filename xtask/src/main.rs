@@ -19,6 +19,7 @@ mod e2e;
 mod fuzz;
 mod harden;
 mod proc;
+mod tidy;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
