@@ -48,10 +48,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // RUST_LOG: one level, default info (see screengate's main.rs for why).
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();

@@ -118,12 +118,25 @@ struct Common {
     state_dir: Option<PathBuf>,
 }
 
+/// `RUST_LOG` is one level (`error` … `trace`, `off`); default `info`. A
+/// value that is not a level is reported, not silently ignored. (A level,
+/// not per-target directives: the regex-based `EnvFilter` cost ~0.5 MiB of
+/// binary on devices with little flash.)
+fn log_level() -> tracing_subscriber::filter::LevelFilter {
+    let v = std::env::var("RUST_LOG").unwrap_or_default();
+    if v.is_empty() {
+        return tracing_subscriber::filter::LevelFilter::INFO;
+    }
+    v.parse().unwrap_or_else(|_| {
+        eprintln!("screengate: RUST_LOG={v:?} is not a level (error|warn|info|debug|trace|off); using info");
+        tracing_subscriber::filter::LevelFilter::INFO
+    })
+}
+
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(log_level())
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match format {

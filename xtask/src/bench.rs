@@ -23,8 +23,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 pub fn run(args: &[String]) -> Result<bool> {
     match args.first().map(String::as_str) {
-        Some("launch") | None => launch(),
-        Some(other) => bail!("unknown benchmark `{other}`; available: launch"),
+        Some("launch") => launch(),
+        Some("proxy") => crate::bench_proxy::run(),
+        None => Ok(crate::bench_proxy::run()? && launch()?),
+        Some(other) => bail!("unknown benchmark `{other}`; available: proxy, launch"),
     }
 }
 

@@ -13,6 +13,7 @@
 use std::process::ExitCode;
 
 mod bench;
+mod bench_proxy;
 mod ci;
 mod demo;
 mod e2e;
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(args.get(1..).unwrap_or(&[])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | e2e [FILTER] | demo | harden | fuzz [--smoke] | bench [launch]>"
+                "usage: cargo xtask <ci | e2e [FILTER] | demo | harden | fuzz [--smoke] | bench [proxy|launch]>"
             );
             return ExitCode::from(64);
         }

@@ -46,7 +46,10 @@ impl std::fmt::Debug for Pin {
 }
 
 /// The SPKI pin of a DER certificate, or `None` if it does not parse.
+/// (webpki's parser, already linked by rustls: a second X.509 parser would
+/// cost flash for nothing.)
 pub fn spki_pin_of_cert(cert_der: &[u8]) -> Option<Pin> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    Some(Pin::of_spki(cert.public_key().raw))
+    let der = rustls::pki_types::CertificateDer::from(cert_der);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    Some(Pin::of_spki(cert.subject_public_key_info().as_ref()))
 }
