@@ -129,19 +129,7 @@ impl ServerProc {
     /// SIGTERM and wait up to `grace`; returns the exit status and how long
     /// it took. SIGKILL if it did not stop.
     pub fn terminate(&mut self, grace: Duration) -> Result<(std::process::ExitStatus, Duration)> {
-        let t0 = Instant::now();
-        let _ = kill(self.pid(), Signal::SIGTERM);
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok((st, t0.elapsed()));
-            }
-            if t0.elapsed() > grace {
-                let _ = self.child.kill();
-                let st = self.child.wait()?;
-                bail!("did not exit within {grace:?} of SIGTERM (killed: {st})");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        terminate_child(&mut self.child, grace)
     }
 
     pub fn log_text(&self) -> String {
@@ -231,19 +219,7 @@ impl LauncherProc {
     }
 
     pub fn terminate(&mut self, grace: Duration) -> Result<(std::process::ExitStatus, Duration)> {
-        let t0 = Instant::now();
-        let _ = kill(self.pid(), Signal::SIGTERM);
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok((st, t0.elapsed()));
-            }
-            if t0.elapsed() > grace {
-                let _ = self.child.kill();
-                let st = self.child.wait()?;
-                bail!("launcher did not exit within {grace:?} of SIGTERM (killed: {st})");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        terminate_child(&mut self.child, grace)
     }
 }
 
@@ -287,4 +263,26 @@ pub fn descendants(root: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// SIGTERM `child` by pid and wait up to `grace`; SIGKILL (and an error) if
+/// it did not stop. Returns the exit status and how long it took.
+pub fn terminate_child(
+    child: &mut Child,
+    grace: Duration,
+) -> Result<(std::process::ExitStatus, Duration)> {
+    let t0 = Instant::now();
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let _ = kill(pid, Signal::SIGTERM);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok((st, t0.elapsed()));
+        }
+        if t0.elapsed() > grace {
+            let _ = child.kill();
+            let st = child.wait()?;
+            bail!("did not exit within {grace:?} of SIGTERM (killed: {st})");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
