@@ -247,3 +247,43 @@ async fn tokens_off_with_pinned_client_auth_still_checks_origin() {
     .unwrap();
     assert_eq!(resp.status, 403);
 }
+
+/// A plain WebSocket echo server on loopback, standing in for an SDK that
+/// listens on TCP; it stops after `max` connections.
+async fn loopback_echo_backend(max: usize) -> std::net::SocketAddr {
+    use futures_util::SinkExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..max {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn ws_loopback_backend_is_proxied() {
+    let backend = loopback_echo_backend(4).await;
+    let s = start_with(|o, _| o.backend = Some(format!("ws://{backend}/sdk"))).await;
+    let (token, _) = mint(&s.control).await.unwrap();
+    let (resp, ws) = handshake(s.addr, s.pin, &Request::display(s.port(), Some(&token)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 101);
+    let mut ws = ws.unwrap();
+    assert_eq!(
+        echo(&mut ws, "over tcp to the sdk").await.unwrap(),
+        "over tcp to the sdk"
+    );
+}

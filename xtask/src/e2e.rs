@@ -554,6 +554,39 @@ async fn sigterm_closes_sessions_1001_and_exits_0(fx: &Fx) -> R {
     Ok(())
 }
 
+async fn json_log_format(fx: &Fx) -> R {
+    let s = fx.spawn_server("json-log", &["--log-format", "json"])?;
+    let v = screengate_tests::control(&s.control, r#"{"op":"mint"}"#).await?;
+    let port: u16 = v["origin"]
+        .as_str()
+        .and_then(|o| o.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or("no port")?;
+    let pin = v["spki_pin"]
+        .as_str()
+        .and_then(Pin::parse)
+        .ok_or("no pin")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let _ = handshake(addr, pin, &Request::display(port, None)).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = s.log_text();
+    let mut audit = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let j: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?;
+        if j["target"] == "screengate::audit" {
+            audit += 1;
+            if j["fields"]["event"] == "rejected" && j["fields"]["reason"] != "missing_token" {
+                return Err(format!("unexpected rejection: {line}"));
+            }
+        }
+    }
+    if audit < 2 {
+        return Err(format!("only {audit} audit events in the JSON log"));
+    }
+    Ok(())
+}
+
 async fn audit_log_has_reasons_and_no_secrets(fx: &Fx) -> R {
     let mut text = fx.main.log_text();
     for l in fx.logs.lock().map_err(|e| e.to_string())?.iter() {
@@ -692,6 +725,7 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
             sigterm_closes_sessions_1001_and_exits_0(fx).await
         }
         "audit_log_has_reasons_and_no_secrets" => audit_log_has_reasons_and_no_secrets(fx).await,
+        "json_log_format_is_json_with_audit_events" => json_log_format(fx).await,
         _ => return None,
     })
 }
@@ -729,6 +763,7 @@ fn case_names() -> Vec<&'static str> {
         "mint_from_disallowed_uid_refused",
         "other_user_cannot_open_control_socket",
         "sigterm_closes_sessions_1001_and_exits_0",
+        "json_log_format_is_json_with_audit_events",
     ]);
     v.extend(launcher::CASES);
     v.extend(privilege::CASES);

@@ -30,6 +30,7 @@ pub const CASES: &[&str] = &[
     "launcher_reconnects_with_a_fresh_token_after_the_session_closes",
     "launcher_restarts_a_killed_browser_within_10s",
     "launcher_tab_is_locked_to_the_gateway_origin",
+    "launcher_closes_popup_windows",
     "launcher_sigterm_closes_browser_and_removes_profile",
 ];
 
@@ -48,6 +49,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_reconnects_with_a_fresh_token_after_the_session_closes" => reconnects(fx).await,
         "launcher_restarts_a_killed_browser_within_10s" => restarts(fx).await,
         "launcher_tab_is_locked_to_the_gateway_origin" => locked(fx).await,
+        "launcher_closes_popup_windows" => popups(fx).await,
         "launcher_sigterm_closes_browser_and_removes_profile" => sigterm(fx).await,
         _ => return None,
     })
@@ -557,4 +559,40 @@ mod tests {
         assert!(holds_token(format!("..{tok}..").as_bytes(), &p));
         assert!(!holds_token(format!("..{p}short").as_bytes(), &p));
     }
+}
+
+async fn popups(fx: &Fx) -> R {
+    let web = fx.base.join("web-popup");
+    std::fs::create_dir_all(&web).map_err(|e| e.to_string())?;
+    std::fs::write(
+        web.join("index.html"),
+        "<!doctype html><title>popup test</title><script src=\"/app.js\"></script>",
+    )
+    .map_err(|e| e.to_string())?;
+    // once connected, try to open a second window on the same origin
+    std::fs::write(
+        web.join("app.js"),
+        "const ws = new WebSocket('wss://' + location.host + '/ws');\n\
+         ws.onopen = () => { ws.send('hi'); window.open('/', '_blank'); };\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = fx.base.join("popup.toml");
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    let s = fx.spawn_server("l-popup", &["--config", &cfg.to_string_lossy()])?;
+    // Chromium's own popup blocker would stop window.open without a user
+    // gesture; turn it off so the launcher's defence is what is tested.
+    let mut l = launch(
+        fx,
+        "l-popup",
+        &s,
+        &["--chromium-arg=--disable-popup-blocking".to_owned()],
+    )?;
+    l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
+    l.wait_for("closing a new window", 1, Duration::from_secs(10))
+        .await?;
+    Ok(())
 }
