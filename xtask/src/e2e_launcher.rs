@@ -541,26 +541,6 @@ async fn sigterm(fx: &Fx) -> R {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_prefix_matches_a_real_token_layout() {
-        let p = token_prefix("x run=RunId(0a0b0c0d) y").unwrap();
-        assert_eq!(
-            p,
-            URL_SAFE_NO_PAD
-                .encode([1u8, 0x0a, 0x0b, 0x0c, 0x0d])
-                .get(..6)
-                .unwrap()
-        );
-        let tok = format!("{p}{}", "A".repeat(104));
-        assert!(holds_token(format!("..{tok}..").as_bytes(), &p));
-        assert!(!holds_token(format!("..{p}short").as_bytes(), &p));
-    }
-}
-
 async fn popups(fx: &Fx) -> R {
     let web = fx.base.join("web-popup");
     std::fs::create_dir_all(&web).map_err(|e| e.to_string())?;
@@ -595,4 +575,24 @@ async fn popups(fx: &Fx) -> R {
     l.wait_for("closing a new window", 1, Duration::from_secs(10))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_prefix_matches_a_real_token_layout() {
+        let p = token_prefix("x run=RunId(0a0b0c0d) y").unwrap();
+        assert_eq!(
+            p,
+            URL_SAFE_NO_PAD
+                .encode([1u8, 0x0a, 0x0b, 0x0c, 0x0d])
+                .get(..6)
+                .unwrap()
+        );
+        let tok = format!("{p}{}", "A".repeat(104));
+        assert!(holds_token(format!("..{tok}..").as_bytes(), &p));
+        assert!(!holds_token(format!("..{p}short").as_bytes(), &p));
+    }
 }
