@@ -199,14 +199,35 @@ fn prepare_dir(d: &NeededDir, uid: Uid, gid: Gid) -> Result<(), PrivilegeError> 
             .create(parent)
             .map_err(|e| err(format!("cannot create parent: {e}")))?;
     }
+    // Made under a temporary name, given to the user, then renamed into
+    // place: a kill at any moment leaves no directory at the final path, or
+    // one that is complete. (The SIGKILL loop in e2e found a root-owned
+    // directory left behind by a kill between mkdir and chown.)
+    let name = d.path.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let tmp = d
+        .path
+        .with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let _ = std::fs::remove_dir(&tmp);
     std::fs::DirBuilder::new()
         .mode(d.mode)
-        .create(&d.path)
+        .create(&tmp)
         .map_err(|e| err(format!("cannot create: {e}")))?;
-    std::fs::set_permissions(&d.path, std::fs::Permissions::from_mode(d.mode))
-        .map_err(|e| err(format!("chmod: {e}")))?;
-    std::os::unix::fs::chown(&d.path, Some(uid.as_raw()), Some(gid.as_raw()))
-        .map_err(|e| err(format!("chown: {e}")))
+    let prepared = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(d.mode))
+        .map_err(|e| err(format!("chmod: {e}")))
+        .and_then(|()| {
+            std::os::unix::fs::chown(&tmp, Some(uid.as_raw()), Some(gid.as_raw()))
+                .map_err(|e| err(format!("chown: {e}")))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, &d.path).map_err(|e| err(format!("rename into place: {e}")))
+        });
+    if prepared.is_err() {
+        let _ = std::fs::remove_dir(&tmp);
+        if d.path.is_dir() {
+            return Ok(()); // another process prepared it meanwhile
+        }
+    }
+    prepared
 }
 
 /// Refuses when `/proc/self/exe` or its directory could be rewritten by the
