@@ -104,4 +104,5 @@ pub(crate) fn ws_config(
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
+        .read_buffer_size(crate::limits::WS_READ_BUFFER)
 }

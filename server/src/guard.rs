@@ -333,6 +333,7 @@ async fn admit(
     let shutdown = shared.shutdown.clone();
     ws.max_message_size(shared.cfg.max_message_size)
         .max_frame_size(shared.cfg.max_message_size)
+        .read_buffer_size(crate::limits::WS_READ_BUFFER)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed after 101"))
         .on_upgrade(move |socket| crate::proxy::run(socket, backend, session, shutdown))
 }

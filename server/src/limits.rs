@@ -31,3 +31,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 pub const DEMO_STATUS_INTERVAL: Duration = Duration::from_secs(3);
 /// Largest static file served from `web_root`.
 pub const MAX_STATIC_FILE: u64 = 8 * 1024 * 1024;
+/// WebSocket read buffer per connection and direction. tungstenite
+/// zero-fills this much before every socket read (default 128 KiB): a
+/// profile of the proxy (`perf`, docs/performance.md) showed that memset
+/// as the largest user-space cost per message. 16 KiB keeps a 16 KiB
+/// message to one or two reads.
+pub const WS_READ_BUFFER: usize = 16 * 1024;
