@@ -283,15 +283,25 @@ fn refuse(peer: &Peer, refusal: Refusal, token_id: Option<String>) -> Response {
     refusal.into_response()
 }
 
-/// Steps 4–8 shared by both listeners: verify the token (if one is
-/// required), take a session slot, connect the backend, consume, 101.
+/// Everything after the listener-specific header checks, shared by both
+/// listeners: a valid upgrade, the token (if required), a session slot,
+/// the backend, consume, 101.
 async fn admit(
     shared: Arc<Shared>,
     peer: Peer,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     token: Option<&str>,
+    require_token: bool,
     channel: Channel,
 ) -> Response {
+    let Ok(ws) = ws else {
+        return refuse(&peer, Refusal::BadRequest("not_websocket_upgrade"), None);
+    };
+    // Without tokens (only possible where the pinned client certificate was
+    // already required by rustls) a presented token is still verified.
+    if token.is_none() && require_token {
+        return refuse(&peer, Refusal::MissingToken, None);
+    }
     let verified = match token {
         None => None,
         Some(text) => match shared.authority.verify(text, channel) {
@@ -355,15 +365,8 @@ pub(crate) async fn upgrade(
         Ok(t) => t,
         Err(r) => return refuse(&peer, r, None),
     };
-    let Ok(ws) = ws else {
-        return refuse(&peer, Refusal::BadRequest("not_websocket_upgrade"), None);
-    };
-    // Without tokens (only possible with the pinned client certificate,
-    // which rustls already required) a presented token is still verified.
-    if token.is_none() && shared.cfg.gateway_require_token {
-        return refuse(&peer, Refusal::MissingToken, None);
-    }
-    admit(shared.clone(), peer, ws, token, Channel::Display).await
+    let require = shared.cfg.gateway_require_token;
+    admit(shared.clone(), peer, ws, token, require, Channel::Display).await
 }
 
 pub(crate) async fn native_upgrade(
@@ -377,14 +380,8 @@ pub(crate) async fn native_upgrade(
         Ok(t) => t,
         Err(r) => return refuse(&peer, r, None),
     };
-    let Ok(ws) = ws else {
-        return refuse(&peer, Refusal::BadRequest("not_websocket_upgrade"), None);
-    };
     let require = shared.native.as_ref().is_none_or(|n| n.require_token);
-    if token.is_none() && require {
-        return refuse(&peer, Refusal::MissingToken, None);
-    }
-    admit(shared.clone(), peer, ws, token, Channel::Native).await
+    admit(shared.clone(), peer, ws, token, require, Channel::Native).await
 }
 
 #[cfg(test)]
