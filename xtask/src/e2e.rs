@@ -447,11 +447,41 @@ impl TempUser {
     }
 }
 
+impl TempUser {
+    /// `prog` run as this user and its group, through `setpriv`; with
+    /// `init_groups` also in the user's supplementary groups, else in none.
+    fn command(&self, prog: impl AsRef<std::ffi::OsStr>, init_groups: bool) -> Command {
+        let groups = if init_groups {
+            "--init-groups"
+        } else {
+            "--clear-groups"
+        };
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &self.user, "--regid", &self.group, groups, "--"])
+            .arg(prog);
+        c
+    }
+}
+
 impl Drop for TempUser {
     fn drop(&mut self) {
         let _ = Command::new("userdel").arg(&self.user).status();
         let _ = Command::new("groupdel").arg(&self.group).status();
     }
+}
+
+/// Runs a command to completion; a spawn failure is an error naming it.
+fn run_cmd(cmd: &mut Command) -> std::result::Result<std::process::Output, String> {
+    cmd.output().map_err(|e| format!("{cmd:?}: {e}"))
+}
+
+/// stdout then stderr of a finished command, as text.
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn run_ok(cmd: &mut Command) -> std::result::Result<String, String> {
@@ -468,28 +498,12 @@ fn mint_as(
     user: &TempUser,
     control: &Path,
 ) -> std::result::Result<(bool, String), String> {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &user.user,
-            "--regid",
-            &user.group,
-            "--init-groups",
-            "--",
-        ])
-        .arg(fx.base.join("bin/screengate"))
-        .args(["mint", "--control"])
-        .arg(control)
-        .output()
-        .map_err(|e| format!("setpriv: {e}"))?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    let out = run_cmd(
+        user.command(fx.base.join("bin/screengate"), true)
+            .args(["mint", "--control"])
+            .arg(control),
+    )?;
+    Ok((out.status.success(), text(&out)))
 }
 
 async fn mint_from_disallowed_uid_refused(fx: &Fx) -> R {

@@ -308,19 +308,7 @@ async fn reconnects(fx: &Fx) -> R {
     let sock = dir.join("backend.sock");
     let start_backend = || {
         let mut cmd = match &fx.svc {
-            Some(u) => {
-                let mut c = std::process::Command::new("setpriv");
-                c.args([
-                    "--reuid",
-                    &u.user,
-                    "--regid",
-                    &u.group,
-                    "--clear-groups",
-                    "--",
-                ])
-                .arg(fx.base.join("bin/screengate"));
-                c
-            }
+            Some(u) => u.command(fx.base.join("bin/screengate"), false),
             None => std::process::Command::new(fx.base.join("bin/screengate")),
         };
         cmd.arg("demo-backend")

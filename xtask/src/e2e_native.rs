@@ -5,10 +5,10 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use super::{Fx, R, TempUser};
+use super::{Fx, R, TempUser, run_cmd as run, text};
 use crate::proc::ServerProc;
 
 pub const CASES: &[&str] = &[
@@ -77,18 +77,6 @@ fn native_server(fx: &Fx, name: &str, tls: &str, config: Option<&str>) -> Result
         state,
         pin,
     })
-}
-
-fn run(cmd: &mut Command) -> Result<Output, String> {
-    cmd.output().map_err(|e| format!("{cmd:?}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Runs `screengate-client --once MSG` with `args`; Ok(stdout) when it got
@@ -164,16 +152,8 @@ fn disallowed(fx: &Fx) -> R {
     )?;
     let sock = n.socket.display().to_string();
     let control = n.server.control.display().to_string();
-    let o = run(Command::new("setpriv")
-        .args([
-            "--reuid",
-            &x.user,
-            "--regid",
-            &x.group,
-            "--init-groups",
-            "--",
-        ])
-        .arg(fx.base.join("bin/screengate-client"))
+    let o = run(x
+        .command(fx.base.join("bin/screengate-client"), true)
         .args(["--socket", &sock, "--tls", "off", "--once", "hi"]))?;
     if o.status.success() {
         return Err(format!("a disallowed uid got through: {}", text(&o)));
@@ -426,42 +406,33 @@ async fn relay(
             };
             let rec = record.clone();
             tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let (mut ar, mut aw) = a.split();
-                let (mut br, mut bw) = b.split();
-                let (r1, r2) = (rec.clone(), rec);
-                let up = async move {
-                    let mut buf = [0u8; 8192];
-                    while let Ok(n) = ar.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        if let (Ok(mut r), Some(chunk)) = (r1.lock(), buf.get(..n)) {
-                            r.extend_from_slice(chunk)
-                        }
-                        if bw.write_all(buf.get(..n).unwrap_or(&[])).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                let down = async move {
-                    let mut buf = [0u8; 8192];
-                    while let Ok(n) = br.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        if let (Ok(mut r), Some(chunk)) = (r2.lock(), buf.get(..n)) {
-                            r.extend_from_slice(chunk)
-                        }
-                        if aw.write_all(buf.get(..n).unwrap_or(&[])).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                tokio::join!(up, down);
+                let (ar, aw) = a.split();
+                let (br, bw) = b.split();
+                tokio::join!(copy_recording(ar, bw, &rec), copy_recording(br, aw, &rec));
             });
         }
     }))
+}
+
+/// Copies `r` to `w` until EOF, appending every byte to `rec`.
+async fn copy_recording<Rd, Wr>(mut r: Rd, mut w: Wr, rec: &Mutex<Vec<u8>>)
+where
+    Rd: tokio::io::AsyncRead + Unpin,
+    Wr: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+            break;
+        };
+        if let Ok(mut v) = rec.lock() {
+            v.extend_from_slice(chunk);
+        }
+        if w.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
 }
 
 async fn through_relay(fx: &Fx, n: &Native, tls: &str, tag: &str) -> Result<Vec<u8>, String> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Fx, R, TempUser};
+use super::{Fx, R, TempUser, run_cmd as run, text};
 use crate::proc::ServerProc;
 
 pub const CASES: &[&str] = &[
@@ -47,18 +47,6 @@ fn svc(fx: &Fx) -> Result<&TempUser, String> {
     fx.svc
         .as_ref()
         .ok_or_else(|| "needs the root-only service user".to_owned())
-}
-
-fn run(cmd: &mut Command) -> Result<Output, String> {
-    cmd.output().map_err(|e| format!("{cmd:?}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn screengate(fx: &Fx) -> Command {
@@ -134,19 +122,7 @@ fn dropped(fx: &Fx) -> R {
 
 /// As the service user: reading environ and attaching with ptrace must fail.
 fn probe_as(u: &TempUser, pid: u32) -> Result<(), String> {
-    let as_user = |prog: &str, args: &[String]| {
-        run(Command::new("setpriv")
-            .args([
-                "--reuid",
-                &u.user,
-                "--regid",
-                &u.group,
-                "--clear-groups",
-                "--",
-                prog,
-            ])
-            .args(args))
-    };
+    let as_user = |prog: &str, args: &[String]| run(u.command(prog, false).args(args));
     let o = as_user("cat", &[format!("/proc/{pid}/environ")])?;
     if o.status.success() {
         return Err("the service user could read the process's environ".into());
@@ -170,17 +146,9 @@ fn not_dumpable(fx: &Fx) -> R {
     let u = svc(fx)?;
     // Self-check: a plain process of the same user *is* readable by it, so
     // the probe can tell the difference.
-    let mut plain = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &u.user,
-            "--regid",
-            &u.group,
-            "--clear-groups",
-            "--",
-            "sleep",
-            "5",
-        ])
+    let mut plain = u
+        .command("sleep", false)
+        .args(["5"])
         .spawn()
         .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(100));
@@ -198,16 +166,8 @@ fn launcher_not_dumpable(fx: &Fx) -> R {
     // a server that is not there: a same-uid process must still not read
     // its environ or attach to it.
     let u = svc(fx)?;
-    let mut l = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &u.user,
-            "--regid",
-            &u.group,
-            "--clear-groups",
-            "--",
-        ])
-        .arg(fx.base.join("bin/screengate-launch"))
+    let mut l = u
+        .command(fx.base.join("bin/screengate-launch"), false)
         .args(["--control", "/nonexistent/c.sock", "--headless"])
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -296,6 +256,21 @@ fn check_as_svc(fx: &Fx, dir: &Path, config: Option<&Path>) -> Result<Output, St
     run(&mut c)
 }
 
+/// A change to a state dir (or its undo) in the loose-permissions case.
+type Change = Box<dyn Fn(&Path) -> std::io::Result<()>>;
+
+/// Sets `file` in the state dir (the dir itself when empty) to `mode`.
+fn chmod(file: &'static str, mode: u32) -> Change {
+    Box::new(move |d| {
+        let p = if file.is_empty() {
+            d.to_path_buf()
+        } else {
+            d.join(file)
+        };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+    })
+}
+
 fn loose(fx: &Fx) -> R {
     let u = svc(fx)?;
     let dir = fx.base.join("state-loose");
@@ -306,33 +281,21 @@ fn loose(fx: &Fx) -> R {
     }
     let cfg = fx.base.join("loose.toml");
     std::fs::write(&cfg, "").map_err(|e| e.to_string())?;
-    type Mutate = Box<dyn Fn(&Path) -> std::io::Result<()>>;
-    type Undo = Box<dyn Fn(&Path) -> std::io::Result<()>>;
     let (uid, gid) = (u.uid, u.gid);
-    let cases: Vec<(&str, PathBuf, &str, Mutate, Undo)> = vec![
+    let cases: Vec<(&str, PathBuf, &str, Change, Change)> = vec![
         (
             "state dir 0755",
             dir.clone(),
             "chmod 700",
-            Box::new(|d| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))),
-            Box::new(|d| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))),
+            chmod("", 0o755),
+            chmod("", 0o700),
         ),
         (
             "key 0640",
             dir.join("server.key"),
             "chmod 600",
-            Box::new(|d| {
-                std::fs::set_permissions(
-                    d.join("server.key"),
-                    std::fs::Permissions::from_mode(0o640),
-                )
-            }),
-            Box::new(|d| {
-                std::fs::set_permissions(
-                    d.join("server.key"),
-                    std::fs::Permissions::from_mode(0o600),
-                )
-            }),
+            chmod("server.key", 0o640),
+            chmod("server.key", 0o600),
         ),
         (
             "device key owned by another user",
@@ -358,18 +321,8 @@ fn loose(fx: &Fx) -> R {
             "certificate group-writable",
             dir.join("server.crt"),
             "chmod go-w",
-            Box::new(|d| {
-                std::fs::set_permissions(
-                    d.join("server.crt"),
-                    std::fs::Permissions::from_mode(0o664),
-                )
-            }),
-            Box::new(|d| {
-                std::fs::set_permissions(
-                    d.join("server.crt"),
-                    std::fs::Permissions::from_mode(0o644),
-                )
-            }),
+            chmod("server.crt", 0o664),
+            chmod("server.crt", 0o644),
         ),
     ];
     for (what, path, fix, mutate, undo) in &cases {
