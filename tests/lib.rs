@@ -226,6 +226,21 @@ pub async fn control(path: &Path, line: &str) -> Result<serde_json::Value> {
     serde_json::from_str(&reply).map_err(|e| format!("control reply is not JSON ({e}): {reply:?}"))
 }
 
+/// The gateway a mint reply points at: its loopback address (port from
+/// `origin`) and the SPKI pin to trust.
+pub fn gateway_of(reply: &serde_json::Value) -> Result<(SocketAddr, Pin)> {
+    let port: u16 = reply["origin"]
+        .as_str()
+        .and_then(|o| o.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no gateway origin in {reply}"))?;
+    let pin = reply["spki_pin"]
+        .as_str()
+        .and_then(Pin::parse)
+        .ok_or("no SPKI pin in the reply")?;
+    Ok((SocketAddr::from(([127, 0, 0, 1], port)), pin))
+}
+
 /// Mints a display token; returns (token, full reply).
 pub async fn mint(path: &Path) -> Result<(String, serde_json::Value)> {
     let v = control(path, r#"{"op":"mint","channel":"display"}"#).await?;

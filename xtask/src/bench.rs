@@ -56,13 +56,8 @@ fn launch() -> Result<bool> {
         let (_, v) = screengate_tests::mint(&server.control)
             .await
             .map_err(anyhow::Error::msg)?;
-        let origin = v["origin"].as_str().context("origin")?.to_owned();
-        let port: u16 = origin
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("port")?;
-        anyhow::Ok((port, v["spki_pin"].as_str().context("pin")?.to_owned()))
+        let (addr, pin) = screengate_tests::gateway_of(&v).map_err(anyhow::Error::msg)?;
+        anyhow::Ok((addr.port(), pin.to_string()))
     })?;
     let root = nix::unistd::geteuid().is_root();
 

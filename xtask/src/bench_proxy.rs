@@ -23,7 +23,7 @@ use screengate_tests::Request;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::proc::{ServerProc, cargo, root};
+use crate::proc::{ServerProc, build_release, target_dir};
 
 const CONNECTS: usize = 60;
 const RTT_SMALL: usize = 2000;
@@ -246,15 +246,8 @@ fn free_port() -> Result<u16> {
 
 pub fn run() -> Result<bool> {
     println!("==> bench proxy: building release binaries");
-    let st = cargo()
-        .args(["build", "--release", "--quiet", "-p", "screengate-server"])
-        .status()?;
-    if !st.success() {
-        bail!("release build failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    build_release(&["screengate-server"])?;
+    let target = target_dir();
     let bin = target.join("release/screengate");
     let base = std::env::temp_dir().join(format!("screengate-bench-proxy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
@@ -334,12 +327,8 @@ pub fn run() -> Result<bool> {
         let (_, v) = screengate_tests::mint(&server.control)
             .await
             .map_err(|e| anyhow!(e))?;
-        let port: u16 = v["origin"]
-            .as_str()
-            .and_then(|o| o.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .context("port")?;
-        let pin = v["spki_pin"].as_str().and_then(Pin::parse).context("pin")?;
+        let (gateway, pin) = screengate_tests::gateway_of(&v).map_err(|e| anyhow!(e))?;
+        let port = gateway.port();
         let mut rows = Vec::new();
         println!("  direct …");
         rows.push(measure("direct", &Target::Direct(backend_sock.clone()), &[]).await?);

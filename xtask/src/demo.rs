@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use futures_util::StreamExt;
-use screengate_identity::Pin;
 use screengate_tests::{Request, echo, handshake};
 
 use crate::proc::{LauncherProc, ServerProc, build_bins, root};
@@ -46,8 +45,8 @@ pub fn run() -> Result<bool> {
         println!("[3/5] minting a token over the control socket {}", control.display());
         let (token, reply) = screengate_tests::mint(&control).await.map_err(|e| anyhow!(e))?;
         let origin = reply["origin"].as_str().context("origin")?.to_owned();
-        let port: u16 = origin.rsplit(':').next().and_then(|p| p.parse().ok()).context("port")?;
-        let pin = reply["spki_pin"].as_str().and_then(Pin::parse).context("pin")?;
+        let (addr, pin) = screengate_tests::gateway_of(&reply).map_err(|e| anyhow!(e))?;
+        let port = addr.port();
         println!(
             "      ok: token of {} chars (not shown), header {}, expires in {} ms, gateway {}, pin {}",
             token.len(),

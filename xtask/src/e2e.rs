@@ -118,17 +118,8 @@ impl Fx {
 
 async fn port_and_pin(control: &Path) -> std::result::Result<(u16, Pin), String> {
     let v = screengate_tests::control(control, r#"{"op":"mint","channel":"display"}"#).await?;
-    let origin = v["origin"].as_str().ok_or("no origin in mint reply")?;
-    let port = origin
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or("bad origin")?;
-    let pin = v["spki_pin"]
-        .as_str()
-        .and_then(Pin::parse)
-        .ok_or("bad pin")?;
-    Ok((port, pin))
+    let (addr, pin) = screengate_tests::gateway_of(&v)?;
+    Ok((addr.port(), pin))
 }
 
 fn flip(token: &str, byte: usize, bit: u8) -> String {
@@ -570,16 +561,7 @@ async fn sigterm_closes_sessions_1001_and_exits_0(fx: &Fx) -> R {
 
 async fn json_log_format(fx: &Fx) -> R {
     let s = fx.spawn_server("json-log", &["--log-format", "json"])?;
-    let v = screengate_tests::control(&s.control, r#"{"op":"mint"}"#).await?;
-    let port: u16 = v["origin"]
-        .as_str()
-        .and_then(|o| o.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .ok_or("no port")?;
-    let pin = v["spki_pin"]
-        .as_str()
-        .and_then(Pin::parse)
-        .ok_or("no pin")?;
+    let (port, pin) = port_and_pin(&s.control).await?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let _ = handshake(addr, pin, &Request::display(port, None)).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;

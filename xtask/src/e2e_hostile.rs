@@ -476,12 +476,7 @@ async fn aftermath(fx: &Fx) -> R {
 
 async fn sigterm_crowded(fx: &Fx) -> R {
     let mut s = fx.spawn_server("crowded", &[])?;
-    let v = screengate_tests::control(&s.control, r#"{"op":"mint"}"#).await?;
-    let port: u16 = v["origin"]
-        .as_str()
-        .and_then(|o| o.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .ok_or("no port")?;
+    let (port, pin) = super::port_and_pin(&s.control).await?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut idle = Vec::new();
     for _ in 0..300 {
@@ -491,10 +486,6 @@ async fn sigterm_crowded(fx: &Fx) -> R {
                 .map_err(|e| e.to_string())?,
         );
     }
-    let pin = v["spki_pin"]
-        .as_str()
-        .and_then(screengate_identity::Pin::parse)
-        .ok_or("no pin")?;
     let (t, _) = fx.mint_on(&s.control).await?;
     let (_, ws) = handshake(addr, pin, &Request::display(port, Some(&t))).await?;
     let _ws = ws.ok_or("no session")?;

@@ -13,7 +13,7 @@ use goblin::elf::dynamic::{DF_1_NOW, DF_1_PIE, DF_BIND_NOW};
 use goblin::elf::header::ET_DYN;
 use goblin::elf::program_header::{PF_W, PF_X, PT_GNU_RELRO, PT_GNU_STACK, PT_LOAD};
 
-use crate::proc::{cargo, root};
+use crate::proc::{build_release, root, target_dir};
 
 /// Highest acceptable `systemd-analyze security` exposure for the server unit.
 const MAX_EXPOSURE: f64 = 1.5;
@@ -115,23 +115,8 @@ fn unhardened(dir: &Path) -> Result<PathBuf> {
 pub fn run_counted() -> Result<(u64, u64)> {
     let (mut passed, mut failed) = (0u64, 0u64);
     println!("==> harden: cargo build --release (fat LTO, one codegen unit, stripped)");
-    let st = cargo()
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "screengate-server",
-            "-p",
-            "screengate-launcher",
-        ])
-        .status()?;
-    if !st.success() {
-        bail!("release build failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    build_release(&["screengate-server", "screengate-launcher"])?;
+    let target = target_dir();
     println!("  {:<18} {:<32} result", "binary", "property");
     for bin in ["screengate", "screengate-launch"] {
         let path = target.join("release").join(bin);

@@ -15,6 +15,30 @@ pub fn root() -> PathBuf {
     here.parent().map(Path::to_owned).unwrap_or(here)
 }
 
+/// Cargo's target directory (respects `$CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Builds `packages` with the release profile; returns `<target>/release`.
+pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--quiet"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !cmd
+        .status()
+        .context("running cargo build --release")?
+        .success()
+    {
+        bail!("release build failed");
+    }
+    Ok(target_dir().join("release"))
+}
+
 /// `cargo` as invoked by the user (respects `$CARGO`).
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -47,9 +71,7 @@ pub fn build_bins() -> Result<PathBuf> {
     if !st.success() {
         bail!("cargo build failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     Ok(target.join("debug"))
 }
 
