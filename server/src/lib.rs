@@ -20,6 +20,7 @@ mod gateway;
 mod guard;
 mod limits;
 mod native;
+pub mod peer_uid;
 pub mod privilege;
 mod proxy;
 mod server;
