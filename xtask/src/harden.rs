@@ -219,7 +219,12 @@ pub fn run_counted() -> Result<(u64, u64)> {
                 }
             }
         }
-        Err(_) => println!("  systemd-analyze not available; unit not scored"),
+        Err(e) => {
+            println!(
+                "  systemd-analyze security: cannot run ({e}; apt-get install systemd): FAILED"
+            );
+            failed += 1;
+        }
     }
     Ok((passed, failed))
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so that green locally
 //! means green in CI. Shell (`.ci/run`) only installs packages.
 //!
-//! * `ci`   — fmt check, clippy -D warnings, workspace tests, e2e; ends with
+//! * `ci`   — setup (installs what is missing, as root), fmt check, clippy -D warnings, workspace tests, e2e; ends with
 //!   one `ci: N passed, M failed` line.
 //! * `e2e`  — the real `screengate` binary against the refusal matrix.
 //! * `demo` — the main job on the embedded default, step by step.
@@ -20,17 +20,26 @@ mod e2e;
 mod fuzz;
 mod harden;
 mod proc;
+mod setup;
 mod tidy;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("ci") => ci::run(),
+        Some("ci") => match setup::ensure(setup::Task::Ci) {
+            Ok(Some(code)) => return ExitCode::from(code),
+            Ok(None) => ci::run(),
+            Err(e) => Err(e),
+        },
         Some("e2e") => e2e::run(args.get(1..).unwrap_or(&[])),
         Some("demo") => demo::run(),
         Some("harden") => harden::run(),
         Some("fuzz") => fuzz::run(args.get(1..).unwrap_or(&[])),
-        Some("bench") => bench::run(args.get(1..).unwrap_or(&[])),
+        Some("bench") => match setup::ensure(setup::Task::Bench) {
+            Ok(Some(code)) => return ExitCode::from(code),
+            Ok(None) => bench::run(args.get(1..).unwrap_or(&[])),
+            Err(e) => Err(e),
+        },
         _ => {
             eprintln!(
                 "usage: cargo xtask <ci | e2e [FILTER] | demo | harden | fuzz [--smoke] | bench [proxy|launch]>"
