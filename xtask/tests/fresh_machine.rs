@@ -27,10 +27,20 @@ fn non_root_without_tools_gets_the_command_and_69_before_any_build() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(69), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stderr.contains("apt-get install -y --no-install-recommends"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("apt-get install -y --no-install-recommends"),
+        "{stderr}"
+    );
     assert!(stderr.contains("chromium"), "{stderr}");
-    assert!(stderr.contains("cargo install --locked cargo-fuzz"), "{stderr}");
+    assert!(
+        stderr.contains("cargo install --locked cargo-fuzz"),
+        "{stderr}"
+    );
     // Nothing was built or checked: no step of the CI ran.
     assert!(!stdout.contains("==> fmt"), "{stdout}");
     assert!(!stdout.contains("==> clippy"), "{stdout}");
