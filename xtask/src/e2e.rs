@@ -102,6 +102,50 @@ impl Fx {
             .unwrap_or_else(|| nix::unistd::geteuid().as_raw())
     }
 
+    /// One handshake with `token` from a real process of `user`: this
+    /// harness's own binary, copied where that user may run it, as
+    /// `xtask e2e-peer ADDR PIN` with the token on stdin (never argv).
+    /// Returns the status and, on 101, the echoed reply.
+    fn peer_handshake(
+        &self,
+        user: &TempUser,
+        addr: SocketAddr,
+        pin: Pin,
+        token: &str,
+    ) -> std::result::Result<(u16, Option<String>), String> {
+        use std::io::Write as _;
+        let exe = self.base.join("bin/xtask-peer");
+        if !exe.exists() {
+            let me = std::env::current_exe().map_err(|e| e.to_string())?;
+            std::fs::copy(&me, &exe).map_err(|e| format!("copy {}: {e}", me.display()))?;
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+        let mut child = user
+            .command(&exe, false)
+            .args(["e2e-peer", &addr.to_string(), &pin.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        if let Some(mut stdin) = child.stdin.take() {
+            writeln!(stdin, "{token}").map_err(|e| e.to_string())?;
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let t = text(&out);
+        let status = t
+            .lines()
+            .find_map(|l| l.strip_prefix("status "))
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| format!("peer printed no status: {t}"))?;
+        let echoed = t
+            .lines()
+            .find_map(|l| l.strip_prefix("echo "))
+            .map(str::to_owned);
+        Ok((status, echoed))
+    }
+
     async fn send(&self, req: &Request) -> std::result::Result<Response, String> {
         Ok(handshake(self.addr, self.pin, req).await?.0)
     }
@@ -770,6 +814,39 @@ fn case_names() -> Vec<&'static str> {
         "audit_log_has_reasons_and_no_secrets",
     ]);
     v
+}
+
+/// `xtask e2e-peer ADDR PIN`: the other end of [`Fx::peer_handshake`], run
+/// as another user. Reads the token from stdin, sends the display
+/// handshake, prints `status N` and, on 101, `echo TEXT`. Each step has the
+/// test client's deadline.
+pub fn peer(args: &[String]) -> Result<bool> {
+    let addr: SocketAddr = args
+        .first()
+        .context("usage: e2e-peer ADDR PIN")?
+        .parse()
+        .context("ADDR")?;
+    let pin = args.get(1).and_then(|p| Pin::parse(p)).context("PIN")?;
+    let mut token = String::new();
+    std::io::stdin().read_line(&mut token)?;
+    let token = token.trim().to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let req = Request::display(addr.port(), Some(&token));
+        let (resp, ws) = handshake(addr, pin, &req)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!("status {}", resp.status);
+        if let Some(mut ws) = ws {
+            let got = echo(&mut ws, "from the display uid")
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("echo {got}");
+        }
+        anyhow::Ok(true)
+    })
 }
 
 pub fn run(args: &[String]) -> Result<bool> {

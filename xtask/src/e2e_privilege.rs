@@ -25,6 +25,14 @@ pub const CASES: &[&str] = &[
     "corrupt_key_refused_and_kept",
     "sigkill_during_init_never_leaves_partial_files",
     "device_key_from_systemd_credential",
+    "config_owned_by_service_user_refused_as_root",
+    "socket_group_the_user_is_not_in_refused",
+    "untrusted_config_creates_nothing",
+    "dirs_created_only_under_safe_parents",
+    "no_new_privs_and_empty_bounding_set",
+    "demo_backend_refuses_root",
+    "default_state_dir_is_the_service_users",
+    "token_used_from_another_uid_refused_then_right_uid_succeeds",
 ];
 
 pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
@@ -39,6 +47,14 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "corrupt_key_refused_and_kept" => corrupt_key(fx),
         "sigkill_during_init_never_leaves_partial_files" => sigkill_loop(fx).await,
         "device_key_from_systemd_credential" => credential(fx).await,
+        "config_owned_by_service_user_refused_as_root" => config_owned_by_svc(fx),
+        "socket_group_the_user_is_not_in_refused" => foreign_group(fx),
+        "untrusted_config_creates_nothing" => untrusted_config(fx),
+        "dirs_created_only_under_safe_parents" => safe_parents(fx),
+        "no_new_privs_and_empty_bounding_set" => no_new_privs(fx),
+        "demo_backend_refuses_root" => demo_backend_root(fx),
+        "default_state_dir_is_the_service_users" => default_state_dir(fx),
+        "token_used_from_another_uid_refused_then_right_uid_succeeds" => peer_uid_bound(fx).await,
         _ => return None,
     })
 }
@@ -558,6 +574,360 @@ async fn credential(fx: &Fx) -> R {
         .contains("device_key_source=\"state dir\"")
     {
         return Err("self-check: the main server should report the state dir".into());
+    }
+    Ok(())
+}
+
+// ---- issue 14: nothing trusted before the drop ---------------------------------
+
+/// Runs `cmd` for at most `secs`: its exit status (None: still running, then
+/// killed by pid) and its output so far. Used where the old code served.
+fn run_briefly(
+    cmd: &mut Command,
+    log: &Path,
+    secs: u64,
+) -> Result<(Option<std::process::ExitStatus>, String, String), String> {
+    let f = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let f2 = f.try_clone().map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(f)
+        .stderr(f2)
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let groups = if status.is_none() {
+        let g = status_field(child.id(), "Groups").unwrap_or_default();
+        let _ = child.kill();
+        let _ = child.wait();
+        g
+    } else {
+        String::new()
+    };
+    let out = std::fs::read_to_string(log).unwrap_or_default();
+    Ok((status, out, groups))
+}
+
+/// Writes a config file with `owner` and `mode`.
+fn write_config(path: &Path, text: &str, owner: (u32, u32), mode: u32) -> R {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())
+}
+
+/// `serve --user svc --config cfg` (with its own state dir and control
+/// socket) must exit 64 at once with every `needles` in its output.
+fn serve_refused(fx: &Fx, name: &str, cfg: &Path, extra: &[&str], needles: &[&str]) -> R {
+    let u = svc(fx)?;
+    let mut cmd = screengate(fx);
+    cmd.args([
+        "serve",
+        "--user",
+        &u.user,
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+    ])
+    .arg(cfg)
+    .args(extra);
+    if !extra.contains(&"--state-dir") {
+        cmd.arg("--state-dir")
+            .arg(fx.base.join(format!("state-{name}")));
+    }
+    cmd.arg("--control")
+        .arg(fx.base.join(format!("run/{name}/c.sock")));
+    let (st, out, groups) = run_briefly(&mut cmd, &fx.base.join(format!("{name}.out")), 5)?;
+    match st {
+        None => Err(format!(
+            "{name}: the server started and served (Groups: {groups:?}); output: {out}"
+        )),
+        Some(st) if st.code() != Some(64) => Err(format!("{name}: exit {:?}: {out}", st.code())),
+        Some(_) => match needles.iter().find(|n| !out.contains(**n)) {
+            Some(n) => Err(format!("{name}: refusal does not say {n:?}: {out}")),
+            None => Ok(()),
+        },
+    }
+}
+
+fn config_owned_by_svc(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let cfg = fx.base.join("cfg-svc-owned.toml");
+    write_config(&cfg, "[control]\ngroup = \"disk\"\n", (u.uid, u.gid), 0o600)?;
+    let c = cfg.display().to_string();
+    serve_refused(fx, "cfgsvc", &cfg, &[], &[&c, "owned by uid", "root"])?;
+    // check says the same, and neither leaves anything behind
+    let o = run(screengate(fx)
+        .args(["check", "--user", &u.user, "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(fx.base.join("state-cfgsvc")))?;
+    if o.status.success() || !text(&o).contains(&c) {
+        return Err(format!("check accepted the svc-owned config: {}", text(&o)));
+    }
+    if fx.base.join("state-cfgsvc").exists() {
+        return Err("the state dir was created from an untrusted config".into());
+    }
+    Ok(())
+}
+
+fn foreign_group(fx: &Fx) -> R {
+    // root-owned, trusted config; the group is one the user is not in
+    let cfg = fx.base.join("cfg-disk.toml");
+    write_config(&cfg, "[control]\ngroup = \"disk\"\n", (0, 0), 0o600)?;
+    serve_refused(fx, "cfgdisk", &cfg, &[], &["disk", "not a member"])?;
+    if fx.base.join("state-cfgdisk").exists() {
+        return Err("the state dir was created although the start was refused".into());
+    }
+    Ok(())
+}
+
+fn untrusted_config(fx: &Fx) -> R {
+    let x = fx.base.join("x");
+    std::fs::create_dir_all(&x).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&x, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let chosen = x.join("chosen-by-anyone.d");
+    // 1. root-owned but 0666: anyone chose its state_dir
+    let cfg = fx.base.join("cfg-0666.toml");
+    let body = format!("state_dir = \"{}\"\n", chosen.display());
+    write_config(&cfg, &body, (0, 0), 0o666)?;
+    let u = svc(fx)?;
+    let mut cmd = screengate(fx);
+    cmd.args([
+        "serve",
+        "--user",
+        &u.user,
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+    ])
+    .arg(&cfg)
+    .arg("--control")
+    .arg(fx.base.join("run/cfg0666/c.sock"));
+    let (st, out, _) = run_briefly(&mut cmd, &fx.base.join("cfg0666.out"), 5)?;
+    if st.map(|s| s.code()) != Some(Some(64)) || !out.contains(&cfg.display().to_string()) {
+        return Err(format!("0666 config: {st:?}: {out}"));
+    }
+    if chosen.exists() {
+        return Err(format!(
+            "{} was created by root before the config was refused",
+            chosen.display()
+        ));
+    }
+    // 2. a good file in a directory others can write: refused, naming it
+    let open = fx.base.join("open-dir");
+    std::fs::create_dir_all(&open).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    let cfg2 = open.join("screengate.toml");
+    write_config(&cfg2, &body, (0, 0), 0o600)?;
+    serve_refused(fx, "cfgopendir", &cfg2, &[], &[&open.display().to_string()])?;
+    // 3. a symbolic link to a good file: not followed
+    let good = fx.base.join("cfg-good.toml");
+    write_config(&good, &body, (0, 0), 0o600)?;
+    let link = fx.base.join("cfg-link.toml");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&good, &link).map_err(|e| e.to_string())?;
+    serve_refused(
+        fx,
+        "cfglink",
+        &link,
+        &[],
+        &[&link.display().to_string(), "symbolic link"],
+    )?;
+    if chosen.exists() {
+        return Err(format!("{} was created", chosen.display()));
+    }
+    Ok(())
+}
+
+fn safe_parents(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let empty = fx.base.join("cfg-empty.toml");
+    write_config(&empty, "", (0, 0), 0o600)?;
+    // a parent anyone can write, and a parent of another uid: refused
+    for (name, mode, owner) in [("pw-open", 0o777, 0), ("pw-foreign", 0o755, 4_242_424)] {
+        let parent = fx.base.join(name);
+        std::fs::create_dir_all(&parent).map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(&parent, Some(owner), Some(owner)).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| e.to_string())?;
+        let state = parent.join("state");
+        let st = state.display().to_string();
+        serve_refused(
+            fx,
+            name,
+            &empty,
+            &["--state-dir", &st],
+            &[&parent.display().to_string()],
+        )?;
+        if state.exists() {
+            return Err(format!(
+                "{} was created under an unsafe parent",
+                state.display()
+            ));
+        }
+    }
+    // a parent the service user owns: root makes nothing there, the user does
+    let own = fx.base.join("pw-svc");
+    std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&own, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    let state = own.join("state");
+    let log = fx.base.join("pw-svc.log");
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let s = ServerProc::start(
+        &fx.bin,
+        &state,
+        &fx.base.join("run/pw-svc/c.sock"),
+        &log,
+        &["--user", &u.user, "--allow-uid", "0"],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    let m = std::fs::metadata(&state).map_err(|e| e.to_string())?;
+    drop(s);
+    if m.uid() != u.uid {
+        return Err(format!("{} owned by uid {}", state.display(), m.uid()));
+    }
+    Ok(())
+}
+
+fn no_new_privs(fx: &Fx) -> R {
+    svc(fx)?;
+    let pid = fx.main.child.id();
+    let mut wrong = Vec::new();
+    for (field, want) in [
+        ("NoNewPrivs", "1"),
+        ("CapBnd", "0000000000000000"),
+        ("CapPrm", "0000000000000000"),
+        ("CapEff", "0000000000000000"),
+        ("CapInh", "0000000000000000"),
+        ("CapAmb", "0000000000000000"),
+    ] {
+        let got = status_field(pid, field)?;
+        if got != want {
+            wrong.push(format!("{field}: {got} (want {want})"));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("; "))
+    }
+}
+
+fn demo_backend_root(fx: &Fx) -> R {
+    let sock = fx.base.join("run/demo-root.sock");
+    let mut cmd = screengate(fx);
+    cmd.args(["demo-backend", "--unix"]).arg(&sock);
+    let (st, out, _) = run_briefly(&mut cmd, &fx.base.join("demo-root.out"), 3)?;
+    let bound = sock.exists();
+    if st.map(|s| s.code()) != Some(Some(64))
+        || !out.contains("root execution is not permitted")
+        || bound
+    {
+        return Err(format!(
+            "demo-backend as root: {st:?}, socket bound: {bound}: {out}"
+        ));
+    }
+    Ok(())
+}
+
+fn default_state_dir(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let home = nix::unistd::User::from_name(&u.user)
+        .ok()
+        .flatten()
+        .map(|p| p.dir)
+        .ok_or("service user has no passwd entry")?;
+    let o = run(screengate(fx)
+        .args(["check", "--user", &u.user])
+        .env("HOME", "/root")
+        .env_remove("XDG_STATE_HOME"))?;
+    let t = text(&o);
+    if t.contains("/root") || !t.contains(&home.display().to_string()) {
+        return Err(format!(
+            "check --user without --state-dir looked outside {}: {t}",
+            home.display()
+        ));
+    }
+    Ok(())
+}
+
+async fn peer_uid_bound(fx: &Fx) -> R {
+    let p = super::TempUser::create("p")?;
+    // 1. the main server: peers default to the minting uids (root here)
+    let t = fx.mint().await?;
+    let (status, _) = fx.peer_handshake(&p, fx.addr, fx.pin, &t)?;
+    if status != 403 {
+        return Err(format!("token from uid {}: {status}, expected 403", p.uid));
+    }
+    let log = fx.main.log_text();
+    let needle = format!("peer_uid={}", p.uid);
+    if !log
+        .lines()
+        .any(|l| l.contains("peer_uid_not_allowed") && l.contains(&needle))
+    {
+        return Err(format!("no peer_uid_not_allowed audit event with {needle}"));
+    }
+    // not consumed: the right uid still gets in with the same token
+    let (resp, ws) = screengate_tests::handshake(
+        fx.addr,
+        fx.pin,
+        &screengate_tests::Request::display(fx.port(), Some(&t)),
+    )
+    .await?;
+    let mut ws = ws.ok_or(format!("right uid, same token: {}", resp.status))?;
+    screengate_tests::echo(&mut ws, "after the refusal").await?;
+    drop(ws);
+    // 2. `[gateway] allowed_peer_uids` names the display uid: root's own
+    //    connections are refused, that uid's accepted
+    let cfg = fx.base.join("cfg-peer.toml");
+    write_config(
+        &cfg,
+        &format!("[gateway]\nallowed_peer_uids = [{}]\n", p.uid),
+        (0, 0),
+        0o600,
+    )?;
+    let c = cfg.display().to_string();
+    let s = fx.spawn_server("peer", &["--config", &c])?;
+    let (port, pin) = super::port_and_pin(&s.control).await?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let t = fx.mint_on(&s.control).await?.0;
+    let (resp, ws) = screengate_tests::handshake(
+        addr,
+        pin,
+        &screengate_tests::Request::display(port, Some(&t)),
+    )
+    .await?;
+    if ws.is_some() || resp.status != 403 {
+        return Err(format!(
+            "root peer with allowed_peer_uids = [{}]: {}",
+            p.uid, resp.status
+        ));
+    }
+    let (status, echoed) = fx.peer_handshake(&p, addr, pin, &t)?;
+    if status != 101 || echoed.is_none() {
+        return Err(format!(
+            "uid {} with its own token: {status} {echoed:?}",
+            p.uid
+        ));
+    }
+    let line_for = |uid: u32| format!("peer_uid={uid}");
+    let slog = s.log_text();
+    if !slog
+        .lines()
+        .any(|l| l.contains("accepted") && l.contains(&line_for(p.uid)))
+    {
+        return Err("the accepted event lacks the peer uid".into());
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Some("e2e") => e2e::run(args.get(1..).unwrap_or(&[])),
+        Some("e2e-peer") => e2e::peer(args.get(1..).unwrap_or(&[])),
         Some("demo") => demo::run(),
         Some("harden") => harden::run(),
         Some("fuzz") => fuzz::run(args.get(1..).unwrap_or(&[])),
