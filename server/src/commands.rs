@@ -9,10 +9,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::{self, Config, ConfigError, FileConfig, Overrides};
 
-/// Loads the config file (if any) and applies the overrides.
+/// Loads the config file (if any) under this process's trust rule
+/// ([`config::Trust::for_this_process`]: root's own file only, when root)
+/// and applies the overrides.
 pub fn load_config(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
     let parsed = match file {
-        Some(p) => config::read_file(p)?,
+        Some(p) => config::read_file(p, config::Trust::for_this_process())?,
         None => FileConfig::default(),
     };
     Config::resolve(file, parsed, overrides)
@@ -47,9 +49,10 @@ pub fn pin(state_dir: &Path, client: bool) -> Result<Pin, IdentityError> {
     StateDir::new(state_dir, None).pin(client)
 }
 
-/// `screengate check`: every problem found, empty when all is well.
-pub fn check(file: Option<&Path>, overrides: Overrides) -> Vec<String> {
-    let cfg = match load_config(file, overrides) {
+/// `screengate check` on a loaded config (loaded before any privilege
+/// drop, as `serve` loads it): every problem found, empty when all is well.
+pub fn check(cfg: Result<Config, ConfigError>) -> Vec<String> {
+    let cfg = match cfg {
         Ok(c) => c,
         Err(e) => return vec![e.to_string()],
     };

@@ -39,6 +39,17 @@ pub enum ConfigError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The file may have been written by someone other than root (started
+    /// as root) or the service user: nothing in it is acted on.
+    #[error("{path}: {what}; refusing to act on it; fix: {fix}")]
+    Untrusted {
+        /// The config file or one of its directories.
+        path: PathBuf,
+        /// Why it is not trusted.
+        what: String,
+        /// The fix.
+        fix: String,
+    },
     /// The file is not valid TOML for our schema (includes unknown keys).
     #[error("{path}: {message}")]
     Parse {
@@ -105,6 +116,9 @@ pub struct GatewaySection {
     /// Tokens on the TLS listener; may only be `false` with
     /// `client_auth = "pinned"` (see docs/native-clients.md for when that is sound).
     pub require_token: Option<bool>,
+    /// Uids whose loopback connections may upgrade (the owner of the
+    /// client socket, from the kernel); default: the uids allowed to mint.
+    pub allowed_peer_uids: Option<Vec<u32>>,
 }
 
 /// `[native]`: the Unix-socket listener for native display clients.
@@ -277,6 +291,9 @@ pub struct Config {
     pub allowed_uids: Option<Vec<u32>>,
     /// Control socket group.
     pub control_group: Option<String>,
+    /// Uids whose connections may upgrade on the TLS listener; `None`
+    /// means "the uids allowed to mint".
+    pub allowed_peer_uids: Option<Vec<u32>>,
     /// Require the pinned client certificate on the TLS listener.
     pub gateway_client_auth: bool,
     /// Require tokens on the TLS listener.
@@ -297,13 +314,152 @@ pub fn default_state_dir() -> PathBuf {
     home.join(".local/state/screengate")
 }
 
-/// Reads and parses a config file.
-pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// The default state dir of the service user `name`, from its passwd
+/// entry (never from the environment, which is root's when started as
+/// root): `<home>/.local/state/screengate`. The home must exist: a system
+/// user's placeholder home (`/nonexistent`) is refused, not created.
+pub fn default_state_dir_of(name: &str) -> Result<PathBuf, String> {
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| format!("cannot look up user `{name}`: {e}"))?
+        .ok_or_else(|| format!("user `{name}` does not exist"))?;
+    if !user.dir.is_dir() {
+        return Err(format!(
+            "no state_dir given and the home of `{name}`, {}, does not exist; set state_dir (e.g. /var/lib/screengate) or --state-dir",
+            user.dir.display()
+        ));
+    }
+    Ok(user.dir.join(".local/state/screengate"))
+}
+
+/// Largest config file read; a bigger one is refused, not buffered.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// Who may have written the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Started as root: the file and every directory above it are root's
+    /// and not writable by group or others (a sticky, root-owned directory
+    /// such as `/tmp` above the file's own is accepted: others cannot
+    /// rename or remove what root put there).
+    RootOnly,
+    /// Not root: owned by this uid or root, not writable by group or others.
+    OwnerOrRoot(u32),
+}
+
+impl Trust {
+    /// The rule for this process: [`Trust::RootOnly`] when root.
+    pub fn for_this_process() -> Self {
+        let euid = nix::unistd::geteuid();
+        if euid.is_root() {
+            Trust::RootOnly
+        } else {
+            Trust::OwnerOrRoot(euid.as_raw())
+        }
+    }
+}
+
+/// Reads and parses a config file under `trust`: opened without following
+/// a final symbolic link, checked on the open file (`fstat`, so what is
+/// checked is what is read), then parsed. Nothing of an untrusted file is
+/// parsed.
+pub fn read_file(path: &Path, trust: Trust) -> Result<FileConfig, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let untrusted = |p: &Path, what: String, fix: String| ConfigError::Untrusted {
+        path: p.to_owned(),
+        what,
+        fix,
+    };
+    let read_err = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let p = path.display();
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(untrusted(
+                path,
+                "is a symbolic link".into(),
+                format!("point --config at the file itself: {}", p),
+            ));
+        }
+        Err(e) => return Err(read_err(e)),
+    };
+    let m = f.metadata().map_err(read_err)?;
+    if !m.is_file() {
+        return Err(untrusted(
+            path,
+            "is not a regular file".into(),
+            "point --config at a regular file".into(),
+        ));
+    }
+    let owner_ok = match trust {
+        Trust::RootOnly => m.uid() == 0,
+        Trust::OwnerOrRoot(uid) => m.uid() == 0 || m.uid() == uid,
+    };
+    if !owner_ok {
+        let who = match trust {
+            Trust::RootOnly => "root (started as root, only root may write it)".to_owned(),
+            Trust::OwnerOrRoot(uid) => format!("root or uid {uid}"),
+        };
+        return Err(untrusted(
+            path,
+            format!("is owned by uid {}, not {who}", m.uid()),
+            format!("chown root:root {p} && chmod go-w {p}"),
+        ));
+    }
+    let mode = m.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(untrusted(
+            path,
+            format!("has mode {mode:04o}: writable by group or others"),
+            format!("chmod go-w {p}"),
+        ));
+    }
+    if trust == Trust::RootOnly {
+        check_root_dirs(path)?;
+    }
+    if m.len() > MAX_CONFIG_FILE {
+        return Err(ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("is {} bytes, more than {MAX_CONFIG_FILE}", m.len()),
+        });
+    }
+    let mut text = String::new();
+    f.take(MAX_CONFIG_FILE)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
     parse_file(path, &text)
+}
+
+/// Every directory above `file` (symbolic links resolved) is root's and
+/// not writable by group or others; a sticky root-owned directory is
+/// accepted (others can add names there but not replace root's).
+fn check_root_dirs(file: &Path) -> Result<(), ConfigError> {
+    let parent = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(parent).map_err(|source| ConfigError::Read {
+        path: parent.to_owned(),
+        source,
+    })?;
+    match crate::privilege::unsafe_ancestor(&dir, true) {
+        None => Ok(()),
+        Some((d, what)) => Err(ConfigError::Untrusted {
+            fix: format!(
+                "keep the config in a directory only root can write (e.g. /etc/screengate): chown root {0} && chmod go-w {0}",
+                d.display()
+            ),
+            path: d,
+            what: format!("directory of the config {}: {what}", file.display()),
+        }),
+    }
 }
 
 /// Parses config text (named `path` in messages).
@@ -338,11 +494,14 @@ impl Config {
             message,
         };
 
-        let state_dir = o
-            .state_dir
-            .clone()
-            .or(file.state_dir)
-            .unwrap_or_else(default_state_dir);
+        let user = o.user.clone().or(file.user.clone());
+        let state_dir = match (o.state_dir.clone().or(file.state_dir), &user) {
+            (Some(d), _) => d,
+            (None, None) => default_state_dir(),
+            (None, Some(name)) => {
+                default_state_dir_of(name).map_err(|m| invalid(true, "state_dir", m))?
+            }
+        };
 
         let listen_flag = o.listen.is_some();
         let listen_text = o
@@ -478,6 +637,14 @@ impl Config {
                 "must not be empty (nobody could mint)".into(),
             ));
         }
+        let allowed_peer_uids = file.gateway.allowed_peer_uids;
+        if allowed_peer_uids.as_ref().is_some_and(|u| u.is_empty()) {
+            return Err(invalid(
+                false,
+                "allowed_peer_uids",
+                "must not be empty (no display could connect); leave it out to allow the uids that may mint".into(),
+            ));
+        }
         if let Some(g) = &file.control.group
             && g.is_empty()
         {
@@ -570,7 +737,8 @@ impl Config {
             file: file_path.map(Path::to_owned),
             state_dir,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
-            user: o.user.or(file.user),
+            user,
+            allowed_peer_uids,
             listen,
             path,
             allowed_origins,
@@ -672,6 +840,109 @@ pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_peer_uids_parse_and_refuse_empty() {
+        let c = resolve("", Overrides::default()).unwrap();
+        assert_eq!(c.allowed_peer_uids, None);
+        let c = resolve(
+            "[gateway]\nallowed_peer_uids = [1000, 0]",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.allowed_peer_uids, Some(vec![1000, 0]));
+        for bad in [
+            "[gateway]\nallowed_peer_uids = []",
+            "[gateway]\nallowed_peer_uids = [-1]",
+            "[gateway]\nallowed_peer_uids = \"1000\"",
+            "[gateway]\nallowed_peer_uid = [1000]",
+        ] {
+            assert!(resolve(bad, Overrides::default()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_default_state_dir_is_from_passwd_not_env() {
+        // root exists everywhere; its passwd home, not $HOME
+        let home = nix::unistd::User::from_name("root").unwrap().unwrap().dir;
+        let c = resolve(
+            "user = \"root\"",
+            Overrides {
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, home.join(".local/state/screengate"));
+        let e = resolve("user = \"no-such-user-sg\"", Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-user-sg"), "{e}");
+        // an explicit state dir wins, and needs no passwd entry
+        let c = resolve(
+            "user = \"no-such-user-sg\"\nstate_dir = \"/var/lib/sg\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/sg"));
+    }
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn read_file_refuses_untrusted_files() {
+        let d = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let other = me.wrapping_add(1);
+        let good = write(
+            d.path(),
+            "good.toml",
+            "[gateway]\nmax_sessions = 2\n",
+            0o600,
+        );
+        assert!(read_file(&good, Trust::OwnerOrRoot(me)).is_ok());
+        let ro = write(d.path(), "ro.toml", "", 0o644);
+        assert!(read_file(&ro, Trust::OwnerOrRoot(me)).is_ok());
+        // group- or world-writable
+        for (name, mode) in [("gw.toml", 0o620), ("ow.toml", 0o602), ("all.toml", 0o666)] {
+            let p = write(d.path(), name, "", mode);
+            let e = read_file(&p, Trust::OwnerOrRoot(me)).unwrap_err();
+            assert!(matches!(e, ConfigError::Untrusted { .. }), "{name}: {e}");
+            assert!(e.to_string().contains("chmod go-w"), "{e}");
+        }
+        // owned by someone else (unless we are root, who owns it anyway)
+        if me != 0 {
+            let e = read_file(&good, Trust::OwnerOrRoot(other)).unwrap_err();
+            assert!(e.to_string().contains("owned by uid"), "{e}");
+            let e = read_file(&good, Trust::RootOnly).unwrap_err();
+            assert!(e.to_string().contains("root"), "{e}");
+        }
+        // a symbolic link, even to a good file
+        let link = d.path().join("link.toml");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let e = read_file(&link, Trust::OwnerOrRoot(me)).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // not a regular file (a directory; a FIFO must not hang the read)
+        let e = read_file(d.path(), Trust::OwnerOrRoot(me)).unwrap_err();
+        assert!(e.to_string().contains("regular file"), "{e}");
+        let fifo = d.path().join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_file(&fifo, Trust::OwnerOrRoot(me)).unwrap_err();
+        assert!(e.to_string().contains("regular file"), "{e}");
+        // too big
+        let big = write(d.path(), "big.toml", &"#".repeat(1024 * 1024 + 1), 0o600);
+        assert!(read_file(&big, Trust::OwnerOrRoot(me)).is_err());
+        // missing
+        assert!(matches!(
+            read_file(&d.path().join("none.toml"), Trust::OwnerOrRoot(me)),
+            Err(ConfigError::Read { .. })
+        ));
+    }
 
     fn resolve(text: &str, o: Overrides) -> Result<Config, ConfigError> {
         let p = Path::new("/etc/screengate.toml");

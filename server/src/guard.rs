@@ -1,6 +1,10 @@
 //! The WebSocket upgrade guard: nothing reaches the backend until every
 //! check has passed, in this order:
 //!
+//! 0. (TLS listener) the uid owning the client's socket, from the kernel's
+//!    table, is in `[gateway] allowed_peer_uids`                  → 403;
+//!    a failed lookup is refused too, never allowed. Before anything
+//!    of the request is read, so another user's token is worthless;
 //! 1. well-formed (else 400): no query string, exactly one `Host`, at most
 //!    one `Origin` and one token header, a token that is non-empty visible
 //!    ASCII, a valid WebSocket upgrade;
@@ -13,10 +17,10 @@
 //! 8. 101, and the proxy takes a [`Session`] only this module builds.
 //!
 //! The peer sees a uniform body per status; the reason goes to the audit
-//! log with the token-id prefix, never the token. The token is read from its
+//! log with the peer uid and the token-id prefix, never the token. The token is read from its
 //! header only: never the query string, a cookie or `Sec-WebSocket-Protocol`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
@@ -33,6 +37,10 @@ use crate::server::Shared;
 /// Why a handshake was refused (the audit reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// The client socket belongs to a uid not in `allowed_peer_uids` → 403.
+    PeerUidNotAllowed,
+    /// The owner of the client socket could not be told → 403.
+    PeerUidUnknown,
     /// Malformed request → 400.
     BadRequest(&'static str),
     /// `Host` is not the listener's own name → 403.
@@ -56,6 +64,8 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::BadRequest(r) => r,
+            Refusal::PeerUidNotAllowed => "peer_uid_not_allowed",
+            Refusal::PeerUidUnknown => "peer_uid_unknown",
             Refusal::BadHost => "bad_host",
             Refusal::MissingOrigin => "missing_origin",
             Refusal::BadOrigin => "bad_origin",
@@ -69,7 +79,9 @@ impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Refusal::SessionLimit | Refusal::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::SessionLimit
+            | Refusal::BackendUnavailable
+            | Refusal::Token(Rejection::LedgerFull) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -275,12 +287,44 @@ fn rejection_log_slot() -> Option<u64> {
     }
 }
 
-fn refuse(peer: &Peer, refusal: Refusal, token_id: Option<String>) -> Response {
+fn refuse(peer: &Peer, uid: Option<u32>, refusal: Refusal, token_id: Option<String>) -> Response {
     if let Some(suppressed) = rejection_log_slot() {
-        audit!(warn, event = "rejected", reason = refusal.reason(), peer = %peer,
+        audit!(warn, event = "rejected", reason = refusal.reason(), peer = %peer, peer_uid = uid,
             token_id = token_id.as_deref().unwrap_or("-"), suppressed_before = suppressed);
     }
     refusal.into_response()
+}
+
+/// Step 0 as a pure decision: the kernel's answer (the owner of the
+/// client socket) against the allow-list. A failed lookup is a refusal.
+pub(crate) fn peer_uid_verdict(
+    lookup: Result<u32, crate::peer_uid::PeerUidError>,
+    allowed: &[u32],
+) -> Result<u32, (Refusal, Option<u32>)> {
+    match lookup {
+        Ok(uid) if allowed.contains(&uid) => Ok(uid),
+        Ok(uid) => Err((Refusal::PeerUidNotAllowed, Some(uid))),
+        Err(_) => Err((Refusal::PeerUidUnknown, None)),
+    }
+}
+
+/// The uid owning the client end of a TLS-listener connection, checked
+/// against `allowed_peer_uids`. The client's socket is the one whose own
+/// address is the peer's and whose peer is our listener's address.
+fn gateway_peer_uid(shared: &Shared, peer: &Peer) -> Result<u32, (Refusal, Option<u32>)> {
+    let lookup = match peer {
+        Peer::Tcp(client) => crate::peer_uid::tcp_socket_owner(
+            *client,
+            SocketAddr::new(shared.listen_ip, shared.port),
+        ),
+        // not reached (the native router has its own handler); SO_PEERCRED
+        // already told the uid
+        Peer::Unix { uid, .. } => Ok(*uid),
+    };
+    if let Err(e) = &lookup {
+        tracing::warn!(peer = %peer, error = %e, "cannot tell the owner of the client socket; refusing");
+    }
+    peer_uid_verdict(lookup, &shared.allowed_peer_uids)
 }
 
 /// Everything after the listener-specific header checks, shared by both
@@ -289,18 +333,24 @@ fn refuse(peer: &Peer, refusal: Refusal, token_id: Option<String>) -> Response {
 async fn admit(
     shared: Arc<Shared>,
     peer: Peer,
+    uid: Option<u32>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     token: Option<&str>,
     require_token: bool,
     channel: Channel,
 ) -> Response {
     let Ok(ws) = ws else {
-        return refuse(&peer, Refusal::BadRequest("not_websocket_upgrade"), None);
+        return refuse(
+            &peer,
+            uid,
+            Refusal::BadRequest("not_websocket_upgrade"),
+            None,
+        );
     };
     // Without tokens (only possible where the pinned client certificate was
     // already required by rustls) a presented token is still verified.
     if token.is_none() && require_token {
-        return refuse(&peer, Refusal::MissingToken, None);
+        return refuse(&peer, uid, Refusal::MissingToken, None);
     }
     let verified = match token {
         None => None,
@@ -309,6 +359,7 @@ async fn admit(
             Err(r) => {
                 return refuse(
                     &peer,
+                    uid,
                     Refusal::Token(r),
                     screengate_token::claimed_id_prefix(text),
                 );
@@ -317,21 +368,21 @@ async fn admit(
     };
     let id = verified.as_ref().map(|v| v.id().prefix());
     let Ok(slot) = shared.sessions.clone().try_acquire_owned() else {
-        return refuse(&peer, Refusal::SessionLimit, id);
+        return refuse(&peer, uid, Refusal::SessionLimit, id);
     };
     let backend =
         match crate::backend::connect(&shared.cfg.backend, shared.cfg.max_message_size).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "backend connect failed");
-                return refuse(&peer, Refusal::BackendUnavailable, id);
+                return refuse(&peer, uid, Refusal::BackendUnavailable, id);
             }
         };
     let auth = match verified {
         None => SessionAuth::PinnedClientCert,
         Some(v) => match shared.authority.consume(v) {
             Ok(c) => SessionAuth::Token(c),
-            Err(r) => return refuse(&peer, Refusal::Token(r), id),
+            Err(r) => return refuse(&peer, uid, Refusal::Token(r), id),
         },
     };
     let session = Session {
@@ -339,7 +390,7 @@ async fn admit(
         peer,
         _slot: slot,
     };
-    audit!(info, event = "accepted", peer = %session.peer, token_id = %session.label(), channel = channel.as_str());
+    audit!(info, event = "accepted", peer = %session.peer, peer_uid = uid, token_id = %session.label(), channel = channel.as_str());
     let shutdown = shared.shutdown.clone();
     ws.max_message_size(shared.cfg.max_message_size)
         .max_frame_size(shared.cfg.max_message_size)
@@ -355,6 +406,11 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // 0. whose socket is this? Before a byte of the request is looked at.
+    let uid = match gateway_peer_uid(&shared, &peer) {
+        Ok(uid) => uid,
+        Err((r, uid)) => return refuse(&peer, uid, r, None),
+    };
     let policy = Policy {
         port: shared.port,
         listen_ip: shared.listen_ip,
@@ -363,10 +419,19 @@ pub(crate) async fn upgrade(
     };
     let token = match check_request(&headers, &uri, &policy) {
         Ok(t) => t,
-        Err(r) => return refuse(&peer, r, None),
+        Err(r) => return refuse(&peer, Some(uid), r, None),
     };
     let require = shared.cfg.gateway_require_token;
-    admit(shared.clone(), peer, ws, token, require, Channel::Display).await
+    admit(
+        shared.clone(),
+        peer,
+        Some(uid),
+        ws,
+        token,
+        require,
+        Channel::Display,
+    )
+    .await
 }
 
 pub(crate) async fn native_upgrade(
@@ -376,12 +441,25 @@ pub(crate) async fn native_upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let uid = match &peer {
+        Peer::Unix { uid, .. } => Some(*uid),
+        Peer::Tcp(_) => None,
+    };
     let token = match check_native_request(&headers, &uri, &shared.cfg.token_header) {
         Ok(t) => t,
-        Err(r) => return refuse(&peer, r, None),
+        Err(r) => return refuse(&peer, uid, r, None),
     };
     let require = shared.native.as_ref().is_none_or(|n| n.require_token);
-    admit(shared.clone(), peer, ws, token, require, Channel::Native).await
+    admit(
+        shared.clone(),
+        peer,
+        uid,
+        ws,
+        token,
+        require,
+        Channel::Native,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -456,6 +534,58 @@ mod tests {
     const H: (&str, &[u8]) = ("host", b"localhost:8933");
     const O: (&str, &[u8]) = ("origin", b"https://localhost:8933");
     const T: (&str, &[u8]) = ("x-screengate-token", b"tok");
+
+    fn not_found() -> crate::peer_uid::PeerUidError {
+        crate::peer_uid::PeerUidError::NotFound {
+            local: "127.0.0.1:40000".parse().unwrap(),
+            remote: "127.0.0.1:8933".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn peer_uid_allowed_passes() {
+        assert_eq!(peer_uid_verdict(Ok(1000), &[1000]), Ok(1000));
+        assert_eq!(peer_uid_verdict(Ok(0), &[1000, 0]), Ok(0));
+    }
+
+    #[test]
+    fn peer_uid_not_allowed_is_403_with_the_uid() {
+        for (uid, allowed) in [(1001, vec![1000]), (0, vec![1000]), (1000, vec![0, 1001])] {
+            let (r, got) = peer_uid_verdict(Ok(uid), &allowed).unwrap_err();
+            assert_eq!(r, Refusal::PeerUidNotAllowed);
+            assert_eq!(got, Some(uid));
+            assert_eq!(r.reason(), "peer_uid_not_allowed");
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        }
+        // an empty list (refused by the config) would allow nobody
+        assert!(peer_uid_verdict(Ok(1000), &[]).is_err());
+    }
+
+    #[test]
+    fn peer_uid_lookup_failure_is_refused_never_allowed() {
+        let read = crate::peer_uid::PeerUidError::Read {
+            path: "/proc/net/tcp",
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        for e in [read, not_found()] {
+            let (r, uid) = peer_uid_verdict(Err(e), &[1000]).unwrap_err();
+            assert_eq!(r, Refusal::PeerUidUnknown);
+            assert_eq!(uid, None);
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+            assert_eq!(r.reason(), "peer_uid_unknown");
+        }
+    }
+
+    #[test]
+    fn ledger_full_is_503_not_403() {
+        let r = Refusal::Token(Rejection::LedgerFull);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.reason(), "ledger_full");
+        assert_eq!(
+            Refusal::Token(Rejection::Replayed).status(),
+            StatusCode::FORBIDDEN
+        );
+    }
 
     #[test]
     fn good_request_passes_to_token_check() {

@@ -187,6 +187,11 @@ fn secure_start(user: Option<&str>, dirs: &[NeededDir], groups: &[String]) -> Re
 }
 
 fn main() -> ExitCode {
+    // Once, first, while the process has one thread: every file and socket
+    // is born owner-only; wider modes (0644 certificates, 0660/0711 socket
+    // paths) are set explicitly where they are made. Nothing changes the
+    // umask after this.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Init {
@@ -216,14 +221,18 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Check { common, user } => {
+            // Read as `serve` would: before the drop, under root's rule.
+            let o = Overrides {
+                state_dir: common.state_dir,
+                user,
+                ..Default::default()
+            };
+            let cfg = commands::load_config(common.config.as_deref(), o);
+            let user = cfg.as_ref().ok().and_then(|c| c.user.clone());
             if let Err(c) = secure_start(user.as_deref(), &[], &[]) {
                 return c;
             }
-            let o = Overrides {
-                state_dir: common.state_dir,
-                ..Default::default()
-            };
-            let problems = commands::check(common.config.as_deref(), o);
+            let problems = commands::check(cfg);
             if problems.is_empty() {
                 println!("ok");
                 ExitCode::SUCCESS
@@ -285,6 +294,10 @@ fn run_other(cmd: Cmd) -> ExitCode {
         }
         Cmd::Init { .. } | Cmd::Pin { .. } | Cmd::Check { .. } => ExitCode::FAILURE,
         Cmd::DemoBackend { unix } => {
+            // It binds a socket: never as root, like every such command.
+            if let Err(c) = secure_start(None, &[], &[]) {
+                return c;
+            }
             init_tracing(LogFormat::Text);
             let rt = match runtime() {
                 Ok(rt) => rt,

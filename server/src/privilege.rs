@@ -1,11 +1,18 @@
 //! Least privilege for the `screengate` commands: refuse root, or start as
-//! root with `--user NAME`, prepare the directories that user needs, drop
-//! to it for good and prove root cannot be regained; make the process
-//! non-dumpable; refuse an executable the service user could rewrite.
+//! root with `--user NAME`, check the socket groups are the user's own,
+//! prepare the directories that user needs (only under parents nobody but
+//! root can write), drop to it for good (groups, gid, uid, an empty
+//! capability bounding set, no-new-privs) and prove root cannot be
+//! regained; make the process non-dumpable; refuse an executable the
+//! service user could rewrite.
+//!
+//! Nothing here reads the config: `main.rs` reads it first, under
+//! `config::Trust::RootOnly` when root, and passes only what it needs.
 //!
 //! Lives in the command path (`main.rs` calls it before `run`), not in
 //! `Server::bind`: the library is also run in-process by tests.
 
+use std::ffi::CString;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +29,17 @@ pub enum PrivilegeError {
     /// `--user` given but not started as root.
     #[error("--user {0} needs to start as root; already running as uid {1}: run without --user")]
     UserWithoutRoot(String, u32),
+    /// A socket group the service user is not a member of: keeping it
+    /// would give the user a group it does not have (e.g. `disk`).
+    #[error(
+        "group `{group}`: user {user} is not a member; a socket group must be one of the service user's own groups (usermod -aG {group} {user}, or choose another group)"
+    )]
+    NotMember {
+        /// The group.
+        group: String,
+        /// The service user.
+        user: String,
+    },
     /// The named user or group does not exist.
     #[error("{kind} `{name}` does not exist")]
     NoSuchName {
@@ -97,10 +115,14 @@ pub struct RunningAs {
     pub dropped: bool,
 }
 
-/// Applies the root rule. As root with `user`: creates `dirs` (owned by
-/// the user), clears supplementary groups except `keep_groups` (the socket
-/// groups the user must be able to give its sockets to), sets gid then uid
-/// (real, effective and saved), and verifies root cannot be regained.
+/// Applies the root rule. As root with `user`: refuses a `keep_groups`
+/// entry the user is not a member of (`getgrouplist`), creates `dirs`
+/// (owned by the user, only under root-owned parents nobody else can
+/// write; under a parent the user owns it is left for the user to create
+/// after the drop), sets the supplementary groups to exactly
+/// `keep_groups`, empties the capability bounding set and the ambient set
+/// (while still privileged), sets gid then uid (real, effective and saved),
+/// sets no-new-privs, and verifies root cannot be regained.
 pub fn enforce(
     user: Option<&str>,
     dirs: &[NeededDir],
@@ -136,22 +158,18 @@ pub fn enforce(
             if u.uid.is_root() {
                 return Err(PrivilegeError::RootUser(name.to_owned()));
             }
+            let groups = member_groups(name, u.gid, keep_groups)?;
             for d in dirs {
                 prepare_dir(d, u.uid, u.gid)?;
             }
-            let mut groups = Vec::new();
-            for g in keep_groups {
-                let gr = Group::from_name(g)
-                    .map_err(sys(format!("look up group {g}")))?
-                    .ok_or_else(|| PrivilegeError::NoSuchName {
-                        kind: "group",
-                        name: g.clone(),
-                    })?;
-                groups.push(gr.gid);
-            }
             nix::unistd::setgroups(&groups).map_err(sys("setgroups"))?;
+            drop_capability_bounding_set()?;
             nix::unistd::setresgid(u.gid, u.gid, u.gid).map_err(sys("setresgid"))?;
             nix::unistd::setresuid(u.uid, u.uid, u.uid).map_err(sys("setresuid"))?;
+            rustix::thread::set_no_new_privs(true).map_err(|e| PrivilegeError::Sys {
+                what: "prctl(PR_SET_NO_NEW_PRIVS, 1)".into(),
+                source: nix::Error::from_raw(e.raw_os_error()),
+            })?;
             verify_dropped(u.uid, u.gid)?;
             Ok(RunningAs {
                 uid: u.uid.as_raw(),
@@ -161,7 +179,95 @@ pub fn enforce(
     }
 }
 
+/// The gids of `keep_groups`, each checked to be one of `user`'s groups
+/// (primary or supplementary, as `getgrouplist` reports them).
+fn member_groups(user: &str, gid: Gid, keep_groups: &[String]) -> Result<Vec<Gid>, PrivilegeError> {
+    if keep_groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cname = CString::new(user).map_err(|_| PrivilegeError::NoSuchName {
+        kind: "user",
+        name: user.to_owned(),
+    })?;
+    let member =
+        nix::unistd::getgrouplist(&cname, gid).map_err(sys(format!("getgrouplist({user})")))?;
+    let mut groups = Vec::new();
+    for g in keep_groups {
+        let gr = Group::from_name(g)
+            .map_err(sys(format!("look up group {g}")))?
+            .ok_or_else(|| PrivilegeError::NoSuchName {
+                kind: "group",
+                name: g.clone(),
+            })?;
+        if !member.contains(&gr.gid) {
+            return Err(PrivilegeError::NotMember {
+                group: g.clone(),
+                user: user.to_owned(),
+            });
+        }
+        groups.push(gr.gid);
+    }
+    groups.dedup();
+    Ok(groups)
+}
+
+/// Highest capability number tried; the kernel refuses (EINVAL) numbers
+/// past its last capability, which ends the loop earlier.
+const MAX_CAP: u32 = 63;
+
+fn capability(n: u32) -> rustix::thread::CapabilitySet {
+    rustix::thread::CapabilitySet::from_bits_retain(1u64 << n)
+}
+
+/// Empties the bounding set (needs CAP_SETPCAP, so before the uid change)
+/// and the ambient set: no later execve can gain a capability back.
+fn drop_capability_bounding_set() -> Result<(), PrivilegeError> {
+    let err = |what: String| {
+        move |e: rustix::io::Errno| PrivilegeError::Sys {
+            what,
+            source: nix::Error::from_raw(e.raw_os_error()),
+        }
+    };
+    for n in 0..=MAX_CAP {
+        match rustix::thread::remove_capability_from_bounding_set(capability(n)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::INVAL) => break,
+            Err(e) => return Err(err(format!("prctl(PR_CAPBSET_DROP, {n})"))(e)),
+        }
+    }
+    match rustix::thread::clear_ambient_capability_set() {
+        Ok(()) | Err(rustix::io::Errno::INVAL) => Ok(()), // INVAL: kernel without ambient caps
+        Err(e) => Err(err("prctl(PR_CAP_AMBIENT_CLEAR_ALL)".into())(e)),
+    }
+}
+
+/// No capability left: bounding set empty, no effective, permitted or
+/// inheritable one, and no-new-privs set.
+fn verify_no_capabilities() -> Result<(), PrivilegeError> {
+    for n in 0..=MAX_CAP {
+        match rustix::thread::capability_is_in_bounding_set(capability(n)) {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(PrivilegeError::NotDropped(format!(
+                    "capability {n} still in the bounding set"
+                )));
+            }
+            Err(_) => break,
+        }
+    }
+    let sets = rustix::thread::capabilities(None)
+        .map_err(|e| PrivilegeError::NotDropped(format!("capget: {e}")))?;
+    if !(sets.effective.is_empty() && sets.permitted.is_empty() && sets.inheritable.is_empty()) {
+        return Err(PrivilegeError::NotDropped("capabilities left".into()));
+    }
+    if !rustix::thread::no_new_privs().unwrap_or(false) {
+        return Err(PrivilegeError::NotDropped("no-new-privs not set".into()));
+    }
+    Ok(())
+}
+
 fn verify_dropped(uid: Uid, gid: Gid) -> Result<(), PrivilegeError> {
+    verify_no_capabilities()?;
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok()
         || nix::unistd::seteuid(Uid::from_raw(0)).is_ok()
     {
@@ -178,6 +284,53 @@ fn verify_dropped(uid: Uid, gid: Gid) -> Result<(), PrivilegeError> {
     Ok(())
 }
 
+/// The first of `dir` and the directories above it that someone other
+/// than root could change, with why; `None` when all are root's and not
+/// writable by group or others. A sticky root-owned directory (`/tmp`) is
+/// accepted above `dir`, and as `dir` itself when `sticky_ok_for_dir`:
+/// others can add names there but cannot rename or remove root's.
+/// `dir` should be canonical (no symbolic links).
+pub fn unsafe_ancestor(dir: &Path, sticky_ok_for_dir: bool) -> Option<(PathBuf, String)> {
+    for (i, a) in dir.ancestors().enumerate() {
+        let m = match std::fs::metadata(a) {
+            Ok(m) => m,
+            Err(e) => return Some((a.to_owned(), format!("cannot stat: {e}"))),
+        };
+        let mode = m.mode() & 0o7777;
+        if m.uid() != 0 {
+            return Some((
+                a.to_owned(),
+                format!("is owned by uid {}, not root", m.uid()),
+            ));
+        }
+        let sticky = mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !(sticky && (i > 0 || sticky_ok_for_dir)) {
+            return Some((
+                a.to_owned(),
+                format!("has mode {mode:04o}: writable by group or others"),
+            ));
+        }
+    }
+    None
+}
+
+/// Creates each missing component of `dir` with `mode` (set explicitly,
+/// whatever the umask), as the current user.
+pub(crate) fn create_dirs(dir: &Path, mode: u32) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(mode).create(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn prepare_dir(d: &NeededDir, uid: Uid, gid: Gid) -> Result<(), PrivilegeError> {
     let err = |what: String| PrivilegeError::Dir {
         path: d.path.clone(),
@@ -186,18 +339,43 @@ fn prepare_dir(d: &NeededDir, uid: Uid, gid: Gid) -> Result<(), PrivilegeError> 
     if d.path.exists() {
         return Ok(()); // existing directories are checked, not changed
     }
-    // Parents (if any are missing) stay root's, traversable (0755); only
-    // the directory itself belongs to the service user.
-    if let Some(parent) = d
+    // The nearest directory that exists decides: the service user's own →
+    // nothing is made as root (the user makes the rest after the drop);
+    // root's and nobody else's → root makes the missing parents (0755) and
+    // the directory; anything else → refused, naming it.
+    let nearest = d
         .path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(|e| err(format!("cannot create parent: {e}")))?;
+        .ancestors()
+        .skip(1)
+        .find(|a| !a.as_os_str().is_empty() && a.exists())
+        .unwrap_or(Path::new("."));
+    let canon = std::fs::canonicalize(nearest)
+        .map_err(|e| err(format!("cannot resolve {}: {e}", nearest.display())))?;
+    let m = std::fs::metadata(&canon)
+        .map_err(|e| err(format!("cannot stat {}: {e}", canon.display())))?;
+    if m.uid() == uid.as_raw() {
+        let above = canon.parent().and_then(|p| unsafe_ancestor(p, true));
+        return match above {
+            None => Ok(()),
+            Some((p, what)) => Err(PrivilegeError::Dir {
+                path: p,
+                what: format!("{what}; refusing to prepare {} below it", d.path.display()),
+            }),
+        };
+    }
+    if let Some((p, what)) = unsafe_ancestor(&canon, false) {
+        return Err(PrivilegeError::Dir {
+            path: p.clone(),
+            what: format!(
+                "{what}; root creates {} only below directories nobody else can change; fix: chown root {} && chmod go-w {}, or create the directory for the service user yourself",
+                d.path.display(),
+                p.display(),
+                p.display()
+            ),
+        });
+    }
+    if let Some(parent) = d.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs(parent, 0o755).map_err(|e| err(format!("cannot create parent: {e}")))?;
     }
     // Made under a temporary name, given to the user, then renamed into
     // place: a kill at any moment leaves no directory at the final path, or
@@ -314,6 +492,90 @@ mod tests {
                 enforce(Some("root"), &[], &[]),
                 Err(PrivilegeError::RootUser(_))
             ));
+        }
+    }
+
+    fn dir_with(parent: &Path, name: &str, mode: u32) -> PathBuf {
+        let d = parent.join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+        d
+    }
+
+    #[test]
+    fn unsafe_ancestor_names_the_first_changeable_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(t.path()).unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        let closed = dir_with(&base, "closed", 0o755);
+        let open = dir_with(&base, "open", 0o777);
+        let group = dir_with(&base, "group", 0o775);
+        let sticky = dir_with(&base, "sticky", 0o1777);
+        let below_open = dir_with(&open, "inner", 0o755);
+        if root {
+            assert_eq!(unsafe_ancestor(&closed, false), None);
+            assert_eq!(unsafe_ancestor(&open, false).unwrap().0, open);
+            assert_eq!(unsafe_ancestor(&group, false).unwrap().0, group);
+            // a closed directory below an open one is no safer
+            assert_eq!(unsafe_ancestor(&below_open, false).unwrap().0, open);
+            // sticky: fine above, refused as the directory itself unless allowed
+            assert_eq!(unsafe_ancestor(&sticky, false).unwrap().0, sticky);
+            assert_eq!(unsafe_ancestor(&sticky, true), None);
+            let in_sticky = dir_with(&sticky, "d", 0o755);
+            assert_eq!(unsafe_ancestor(&in_sticky, false), None);
+            // owned by another uid
+            let foreign = dir_with(&base, "foreign", 0o755);
+            std::os::unix::fs::chown(&foreign, Some(4_242_424), None).unwrap();
+            let (p, what) = unsafe_ancestor(&foreign, false).unwrap();
+            assert_eq!(p, foreign);
+            assert!(what.contains("4242424"), "{what}");
+        } else {
+            // our own temp dir is not root's
+            assert!(unsafe_ancestor(&closed, false).is_some());
+        }
+        let (p, _) = unsafe_ancestor(&base.join("missing"), false).unwrap();
+        assert_eq!(p, base.join("missing"));
+    }
+
+    #[test]
+    fn create_dirs_sets_the_mode_whatever_the_umask() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/b/c");
+        create_dirs(&d, 0o711).unwrap();
+        for p in [t.path().join("a"), t.path().join("a/b"), d.clone()] {
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().mode() & 0o777,
+                0o711,
+                "{}",
+                p.display()
+            );
+        }
+        create_dirs(&d, 0o711).unwrap(); // existing: fine
+        let f = t.path().join("file");
+        std::fs::write(&f, "").unwrap();
+        assert!(create_dirs(&f.join("x"), 0o700).is_err());
+    }
+
+    #[test]
+    fn groups_the_user_is_not_in_are_refused() {
+        // root is a member of group root (its primary) and of no `nogroup`-like foreign group
+        let e = member_groups("root", Gid::from_raw(0), &["no-such-group-sg".into()]).unwrap_err();
+        assert!(e.to_string().contains("no-such-group-sg"), "{e}");
+        assert_eq!(
+            member_groups("root", Gid::from_raw(0), &["root".into()]).unwrap(),
+            vec![Gid::from_raw(0)]
+        );
+        assert!(
+            member_groups("root", Gid::from_raw(0), &[])
+                .unwrap()
+                .is_empty()
+        );
+        if let Ok(Some(g)) = Group::from_name("nogroup")
+            && !g.mem.iter().any(|m| m == "root")
+        {
+            let e = member_groups("root", Gid::from_raw(0), &["nogroup".into()]).unwrap_err();
+            assert!(matches!(e, PrivilegeError::NotMember { .. }), "{e}");
+            assert!(e.to_string().contains("nogroup"), "{e}");
         }
     }
 

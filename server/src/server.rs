@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub listen_ip: IpAddr,
     pub origins: Vec<String>,
     pub allowed_uids: Vec<u32>,
+    /// Uids whose loopback connections may upgrade on the TLS listener.
+    pub allowed_peer_uids: Vec<u32>,
     pub server_pin: String,
     pub token_header_display: String,
     pub tls: TlsAcceptor,
@@ -176,6 +178,10 @@ impl Server {
             .clone()
             .unwrap_or_else(|| vec![format!("https://localhost:{port}")]);
         let allowed_uids = cfg.allowed_uids.clone().unwrap_or_else(|| vec![uid]);
+        let allowed_peer_uids = cfg
+            .allowed_peer_uids
+            .clone()
+            .unwrap_or_else(|| allowed_uids.clone());
         let csp = HeaderValue::from_str(&format!(
             "default-src 'self'; connect-src wss://localhost:{port}; frame-ancestors 'none'; \
              frame-src 'none'; object-src 'none'; base-uri 'none'"
@@ -201,6 +207,7 @@ impl Server {
             listen_ip: local.ip(),
             origins,
             allowed_uids,
+            allowed_peer_uids,
             server_pin,
             token_header_display,
             tls,
@@ -315,10 +322,7 @@ pub(crate) fn bind_private_socket(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(dir)
+        crate::privilege::create_dirs(dir, 0o711)
             .map_err(|e| err(dir, format!("cannot create socket directory: {e}")))?;
     }
     let dmeta = std::fs::metadata(dir).map_err(|e| err(dir, format!("cannot stat: {e}")))?;
@@ -375,12 +379,11 @@ pub(crate) fn bind_private_socket(
             Err(e) => return Err(err(path, format!("cannot look up group `{name}`: {e}"))),
         },
     };
-    // The socket is created with our umask: make it owner-only from birth
-    // so there is no window in which others could connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound.map_err(|source| ServerError::Bind {
+    // The socket is born with the process umask, which `main` set to 077
+    // once before any thread started: owner-only from birth, so there is no
+    // window in which others could connect. (The umask is never changed
+    // here: it is process-wide, and other threads create files too.)
+    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
         what: "control socket",
         addr: path.display().to_string(),
         source,

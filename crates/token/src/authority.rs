@@ -32,7 +32,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(600);
 
 /// Bound on the consumed-id ledger. Entries leave at their token's expiry,
 /// so the ledger holds at most (consume rate × TTL) ids; when it is full,
-/// minting is refused rather than the ledger growing. 65 536 entries of
+/// minting is refused and so is consuming (tokens minted before it filled
+/// are still out there), rather than the ledger growing. 65 536 entries of
 /// 24 bytes (+ map overhead) is under 4 MiB.
 pub const MAX_LEDGER_ENTRIES: usize = 65_536;
 
@@ -62,6 +63,11 @@ pub enum Rejection {
     /// Genuine and unexpired, but already consumed once.
     #[error("token replayed")]
     Replayed,
+    /// Genuine, unexpired and unused, but the ledger is at
+    /// [`MAX_LEDGER_ENTRIES`]: not consumed, so it may be retried once
+    /// older entries have expired.
+    #[error("token ledger is full")]
+    LedgerFull,
 }
 
 impl Rejection {
@@ -74,6 +80,7 @@ impl Rejection {
             Rejection::WrongChannel => "wrong_channel",
             Rejection::Expired => "expired",
             Rejection::Replayed => "replayed",
+            Rejection::LedgerFull => "ledger_full",
         }
     }
 }
@@ -310,7 +317,10 @@ impl<C: Clock> Authority<C> {
     /// Consumes a verified token: atomically records its id, once. Of any
     /// number of racing callers with the same token exactly one gets
     /// `Ok`; the rest get [`Rejection::Replayed`]. Expiry is checked again,
-    /// since time passed since [`Authority::verify`].
+    /// since time passed since [`Authority::verify`]. A full ledger refuses
+    /// ([`Rejection::LedgerFull`]) without recording: the cap holds here
+    /// too, since minting writes nothing and any number of tokens minted
+    /// while the ledger had room may arrive at once.
     pub fn consume(&self, verified: Verified) -> Result<Consumed, Rejection> {
         let now_ms = self.now_ms();
         if now_ms >= verified.expires_ms {
@@ -320,6 +330,9 @@ impl<C: Clock> Authority<C> {
         ledger.sweep_if_due(now_ms);
         if ledger.consumed.contains_key(&verified.id) {
             return Err(Rejection::Replayed);
+        }
+        if ledger.consumed.len() >= self.max_ledger {
+            return Err(Rejection::LedgerFull);
         }
         ledger.consumed.insert(verified.id, verified.expires_ms);
         Ok(Consumed {

@@ -324,6 +324,47 @@ fn mint_refused_when_ledger_full_and_recovers_after_expiry() {
 }
 
 #[test]
+fn consume_refused_when_ledger_full_and_token_kept() {
+    let (mut a, clock) = authority();
+    a.set_max_ledger(3);
+    // minted while there was room: more tokens than the ledger holds
+    let tokens: Vec<String> = (0..5).map(|_| mint(&a, Channel::Display)).collect();
+    for t in &tokens[..3] {
+        a.consume(a.verify(t, Channel::Display).unwrap()).unwrap();
+    }
+    for t in &tokens[3..] {
+        let v = a.verify(t, Channel::Display).unwrap();
+        assert_eq!(a.consume(v).unwrap_err(), Rejection::LedgerFull);
+    }
+    assert_eq!(a.ledger_len(), 3);
+    // not recorded: still unused, so a later consume (room again) succeeds
+    let late = mint_late(&a, &clock);
+    let v = a.verify(&late, Channel::Display).unwrap();
+    assert!(a.consume(v).is_ok());
+}
+
+/// After the first TTL has passed (the ledger swept), a fresh token.
+fn mint_late(a: &Authority<Arc<ManualClock>>, clock: &ManualClock) -> String {
+    clock.advance(TTL + Duration::from_secs(2));
+    mint(a, Channel::Display)
+}
+
+#[test]
+fn ledger_full_refusal_does_not_burn_the_token() {
+    let (mut a, _clock) = authority();
+    a.set_max_ledger(1);
+    let first = mint(&a, Channel::Display);
+    let second = mint(&a, Channel::Display);
+    a.consume(a.verify(&first, Channel::Display).unwrap())
+        .unwrap();
+    let v = a.verify(&second, Channel::Display).unwrap();
+    assert_eq!(a.consume(v).unwrap_err(), Rejection::LedgerFull);
+    // verify still passes: the refusal recorded nothing
+    assert!(a.verify(&second, Channel::Display).is_ok());
+    assert_eq!(Rejection::LedgerFull.as_str(), "ledger_full");
+}
+
+#[test]
 fn ledger_entries_are_dropped_after_expiry() {
     let (a, clock) = authority();
     for _ in 0..10 {
