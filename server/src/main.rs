@@ -224,11 +224,13 @@ fn main() -> ExitCode {
             // Read as `serve` would: before the drop, under root's rule.
             let o = Overrides {
                 state_dir: common.state_dir,
-                user,
+                user: user.clone(),
                 ..Default::default()
             };
             let cfg = commands::load_config(common.config.as_deref(), o);
-            let user = cfg.as_ref().ok().and_then(|c| c.user.clone());
+            // A config that did not load is reported as a problem, by the
+            // user `check` was asked to check as.
+            let user = cfg.as_ref().ok().and_then(|c| c.user.clone()).or(user);
             if let Err(c) = secure_start(user.as_deref(), &[], &[]) {
                 return c;
             }

@@ -543,7 +543,12 @@ fn mint_as(
 
 async fn mint_from_disallowed_uid_refused(fx: &Fx) -> R {
     // A user in the socket's group can connect, but its uid is not allowed.
+    // (The service user must be in the group too: a socket group is one
+    // of its own groups, or the server refuses to start.)
     let u = TempUser::create("a")?;
+    if let Some(svc) = &fx.svc {
+        run_ok(Command::new("usermod").args(["-a", "-G", &u.group, &svc.user]))?;
+    }
     let cfg = fx.base.join("uid.toml");
     std::fs::write(&cfg, format!("[control]\ngroup = \"{}\"\n", u.group))
         .map_err(|e| e.to_string())?;
