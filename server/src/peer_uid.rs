@@ -445,6 +445,39 @@ mod tests {
         ));
     }
 
+    /// A measurement, not a test (never asserts timing): per-lookup cost of
+    /// sock_diag and of the table with 1 and 1000 extra connections open.
+    /// `cargo test -p screengate-server --release peer_uid_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn peer_uid_cost() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut keep = Vec::new();
+        for extra in [1usize, 1000] {
+            while keep.len() < extra {
+                let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                let s = l.accept().unwrap().0;
+                keep.push((c, s));
+            }
+            let (c, _) = &keep[0];
+            let (a, b) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+            let n = 2000;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                sock_diag_owner(a, b).unwrap();
+            }
+            let diag = t.elapsed() / n;
+            let t = std::time::Instant::now();
+            for _ in 0..200 {
+                table_owner(a, b).unwrap();
+            }
+            let table = t.elapsed() / 200;
+            println!(
+                "{extra} connections open: sock_diag {diag:?}/lookup, /proc table {table:?}/lookup"
+            );
+        }
+    }
+
     /// The real kernel table: a connection made here is owned by our uid.
     #[test]
     fn live_table_knows_our_own_connection() {
