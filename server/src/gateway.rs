@@ -74,13 +74,46 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 }
             },
         };
+        // A display's ClientHello has usually arrived while it waited in
+        // the kernel's queue: look without waiting, so it enters the
+        // registry past the silent stage (and a churn's already-closed
+        // connection never enters it).
+        let stage = match first_byte_now(&tcp) {
+            FirstByte::Closed => continue,
+            FirstByte::Arrived => Stage::Handshaking,
+            FirstByte::NotYet => Stage::Silent,
+        };
         let (slot, evicted) = shared.pending.admit();
+        slot.advance(stage);
         let shared = shared.clone();
         let router = router.clone();
         tokio::spawn(async move {
             connection(shared, router, tcp, peer, &slot, evicted).await;
             drop(slot);
         });
+    }
+}
+
+enum FirstByte {
+    Arrived,
+    NotYet,
+    Closed,
+}
+
+/// Whether the peer's first byte is already here, without waiting.
+fn first_byte_now(tcp: &TcpStream) -> FirstByte {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    match recv(
+        tcp.as_raw_fd(),
+        &mut b,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => FirstByte::Closed,
+        Ok(_) => FirstByte::Arrived,
+        Err(nix::errno::Errno::EAGAIN) => FirstByte::NotYet,
+        Err(_) => FirstByte::Closed,
     }
 }
 

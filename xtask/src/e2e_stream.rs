@@ -25,6 +25,7 @@ pub const CASES: &[&str] = &[
     "stream_backend_stops_reading_client_gets_1011_slot_freed",
     "stream_sigterm_while_a_session_is_stalled_exits_0_within_5s",
     "stream_connect_churn_from_another_uid_display_connects_20_of_20",
+    "stream_control_client_that_never_reads_is_closed",
 ];
 
 /// Cases that need root (a throwaway user).
@@ -51,6 +52,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         }
         "stream_sigterm_while_a_session_is_stalled_exits_0_within_5s" => sigterm_stalled(fx).await,
         "stream_connect_churn_from_another_uid_display_connects_20_of_20" => churn(fx).await,
+        "stream_control_client_that_never_reads_is_closed" => control_never_reads(fx).await,
         _ => return None,
     })
 }
@@ -508,4 +510,47 @@ async fn churn(fx: &Fx) -> R {
         ));
     }
     Ok(())
+}
+
+/// An allowed control client pipelines request lines and never reads its
+/// replies: once the replies fill the socket, the server closes it within
+/// the stall bound (audit `control_closed reason=not_reading`) instead of
+/// holding one of its 64 control permits forever.
+async fn control_never_reads(fx: &Fx) -> R {
+    use tokio::io::AsyncWriteExt;
+    let (s, _, _) = own_server(fx, "s-deaf-control", &[]).await?;
+    let mut c = tokio::net::UnixStream::connect(&s.control)
+        .await
+        .map_err(|e| format!("connect control: {e}"))?;
+    let t0 = Instant::now();
+    // Bad requests get a reply each (not rate limited); 40,000 of them are
+    // several MiB of replies, far past any socket buffer.
+    let line = b"{\"op\":\"nope\"}\n".repeat(1000);
+    let mut written = 0usize;
+    for _ in 0..40 {
+        match tokio::time::timeout(Duration::from_secs(3), c.write_all(&line)).await {
+            Ok(Ok(())) => written += line.len(),
+            _ => break,
+        }
+    }
+    let deadline = WRITE_STALL + Duration::from_secs(10);
+    while t0.elapsed() < deadline {
+        if s.log_text()
+            .lines()
+            .any(|l| l.contains("control_closed") && l.contains("not_reading"))
+        {
+            println!(
+                "      ({} KiB of requests written; closed as not_reading after {:?})",
+                written / 1024,
+                t0.elapsed()
+            );
+            // And the control socket still serves others.
+            fx.mint_on(&s.control).await?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "the control client that never reads was not closed within {deadline:?}"
+    ))
 }
