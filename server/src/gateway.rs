@@ -83,12 +83,11 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             FirstByte::Arrived => Stage::Handshaking,
             FirstByte::NotYet => Stage::Silent,
         };
-        let (slot, evicted) = shared.pending.admit();
-        slot.advance(stage);
+        let (slot, evicted) = shared.pending.admit(stage);
         let shared = shared.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            connection(shared, router, tcp, peer, &slot, evicted).await;
+            connection(shared, router, tcp, peer, stage, &slot, evicted).await;
             drop(slot);
         });
     }
@@ -122,6 +121,7 @@ async fn connection(
     router: Router,
     tcp: TcpStream,
     peer: SocketAddr,
+    stage: Stage,
     slot: &PendingSlot,
     mut evicted: oneshot::Receiver<()>,
 ) {
@@ -132,15 +132,17 @@ async fn connection(
     // eviction; its first byte (the ClientHello) moves it up. One that
     // closed before sending anything (a connect churn) leaves at once.
     let mut first = [0u8; 1];
-    tokio::select! {
-        _ = &mut evicted => { tracing::debug!(%peer, "evicted before its first byte"); return }
-        _ = shutdown.changed() => return,
-        r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => match r {
-            Ok(Ok(0)) => { tracing::debug!(%peer, "closed before its first byte"); return }
-            Ok(Ok(_)) => slot.advance(Stage::Handshaking),
-            Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "connection failed before TLS"); return }
-            Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return }
-        },
+    if stage == Stage::Silent {
+        tokio::select! {
+            _ = &mut evicted => { tracing::debug!(%peer, "evicted before its first byte"); return }
+            _ = shutdown.changed() => return,
+            r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => match r {
+                Ok(Ok(0)) => { tracing::debug!(%peer, "closed before its first byte"); return }
+                Ok(Ok(_)) => slot.advance(Stage::Handshaking),
+                Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "connection failed before TLS"); return }
+                Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return }
+            },
+        }
     }
     let tls = tokio::select! {
         _ = &mut evicted => { tracing::debug!(%peer, "evicted during TLS handshake"); return }

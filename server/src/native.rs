@@ -58,7 +58,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
                 }
             },
         };
-        let (slot, evicted) = shared.native_pending.admit();
+        let (slot, evicted) = shared.native_pending.admit(Stage::Silent);
         let shared = shared.clone();
         let router = router.clone();
         tokio::spawn(async move {

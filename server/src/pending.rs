@@ -107,16 +107,16 @@ impl Pending {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits a connection as [`Stage::Silent`], evicting per the policy
-    /// above. The receiver fires if this connection is evicted later.
-    pub fn admit(self: &Arc<Self>) -> (PendingSlot, oneshot::Receiver<()>) {
+    /// Admits a connection at `stage`, evicting per the policy above. The
+    /// receiver fires if this connection is evicted later.
+    pub fn admit(self: &Arc<Self>, stage: Stage) -> (PendingSlot, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id = inner.next_id.wrapping_add(1);
         inner.entries.push(Entry {
             id,
-            stage: Stage::Silent,
+            stage,
             evict: Some(tx),
         });
         inner.enforce(id);
@@ -176,13 +176,13 @@ mod tests {
     #[test]
     fn a_silent_flood_never_evicts_a_handshaking_or_tls_connection() {
         let p = Arc::new(Pending::default());
-        let (hs, mut hs_rx) = p.admit();
+        let (hs, mut hs_rx) = p.admit(Stage::Silent);
         hs.advance(Stage::Handshaking);
-        let (tls, mut tls_rx) = p.admit();
+        let (tls, mut tls_rx) = p.admit(Stage::Silent);
         tls.advance(Stage::Tls);
         let mut flood = Vec::new();
         for _ in 0..(10 * MAX_PENDING_CONNECTIONS) {
-            flood.push(p.admit());
+            flood.push(p.admit(Stage::Silent));
         }
         assert!(!fired(&mut hs_rx), "the handshaking display was evicted");
         assert!(!fired(&mut tls_rx), "the TLS display was evicted");
@@ -202,20 +202,20 @@ mod tests {
         let p = Arc::new(Pending::default());
         let mut hs = Vec::new();
         for _ in 0..PRE_TLS_MAX {
-            let (s, rx) = p.admit();
+            let (s, rx) = p.admit(Stage::Silent);
             s.advance(Stage::Handshaking);
             hs.push((s, rx));
         }
         // A newcomer is never the one evicted on admission: the oldest
         // handshaking connection goes, and the rest stay.
-        let (_new, mut new_rx) = p.admit();
+        let (_new, mut new_rx) = p.admit(Stage::Silent);
         assert!(!fired(&mut new_rx));
         let evicted: Vec<bool> = hs.iter_mut().map(|(_, rx)| fired(rx)).collect();
         assert_eq!(evicted.first(), Some(&true));
         assert!(evicted.iter().skip(1).all(|f| !f));
         // Another silent one: now the earlier silent newcomer goes first,
         // before any handshaking connection.
-        let (_s, mut rx) = p.admit();
+        let (_s, mut rx) = p.admit(Stage::Silent);
         assert!(!fired(&mut rx));
         assert!(fired(&mut new_rx));
         assert!(hs.iter_mut().skip(1).all(|(_, rx)| !fired(rx)));
@@ -226,20 +226,20 @@ mod tests {
         let p = Arc::new(Pending::default());
         let mut tls = Vec::new();
         for _ in 0..MAX_PENDING_CONNECTIONS {
-            let (s, rx) = p.admit();
+            let (s, rx) = p.admit(Stage::Silent);
             s.advance(Stage::Tls);
             tls.push((s, rx));
         }
         assert_eq!(p.counts(), [0, 0, MAX_PENDING_CONNECTIONS]);
         // A new connection still gets in; the oldest TLS one pays.
-        let (_s, mut rx) = p.admit();
+        let (_s, mut rx) = p.admit(Stage::Silent);
         assert!(!fired(&mut rx));
         assert_eq!(tls.first_mut().map(|(_, r)| fired(r)), Some(true));
         assert_eq!(p.counts(), [1, 0, MAX_PENDING_CONNECTIONS - 1]);
         // And pre-TLS never takes the reserved share.
         let mut flood = Vec::new();
         for _ in 0..MAX_PENDING_CONNECTIONS {
-            flood.push(p.admit());
+            flood.push(p.admit(Stage::Silent));
         }
         let [silent, _, tls_left] = p.counts();
         assert_eq!(silent, PRE_TLS_MAX);
@@ -249,8 +249,8 @@ mod tests {
     #[test]
     fn dropping_a_slot_frees_it_and_advance_never_moves_back() {
         let p = Arc::new(Pending::default());
-        let (a, _ra) = p.admit();
-        let (b, _rb) = p.admit();
+        let (a, _ra) = p.admit(Stage::Silent);
+        let (b, _rb) = p.admit(Stage::Silent);
         a.advance(Stage::Tls);
         a.advance(Stage::Silent);
         assert_eq!(p.counts(), [1, 0, 1]);

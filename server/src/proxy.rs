@@ -158,6 +158,11 @@ where
             }
             Some(m) => m,
         };
+        // Something was heard: one clock read per batch, not per message.
+        if let Some((at, epoch)) = heard {
+            let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            at.store(ms, Ordering::Relaxed);
+        }
         // Feed it and everything else already read, then flush once.
         let mut batch = 0;
         loop {
@@ -173,10 +178,6 @@ where
                     return (Flow::Gone, sink, moved);
                 }
             };
-            if let Some((at, epoch)) = heard {
-                let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                at.store(ms, Ordering::Relaxed);
-            }
             let closing = (dir.is_close)(&m);
             let out = match (dir.convert)(m) {
                 Ok(out) => out,
@@ -239,18 +240,12 @@ fn classify(e: axum::Error) -> Flow<ClientFault> {
     }
 }
 
-/// Text already checked as UTF-8 by the reading side, re-wrapped without
-/// copying; the check runs again (cheap) rather than trusting it blindly.
-fn invalid_text<C>(fault: C) -> Flow<C> {
-    Flow::Broken(fault)
-}
-
 fn to_backend(m: AMessage) -> Result<Option<TMessage>, Flow<ClientFault>> {
     Ok(match m {
         AMessage::Text(t) => {
             let text = tokio_tungstenite::tungstenite::Utf8Bytes::try_from(bytes::Bytes::from(t))
                 .map_err(|_| {
-                invalid_text(ClientFault {
+                Flow::Broken(ClientFault {
                     code: Some(BAD_DATA),
                     reason: "invalid UTF-8",
                     end: "client_invalid_utf8",
@@ -271,7 +266,7 @@ fn to_client(m: TMessage) -> Result<Option<AMessage>, Flow<()>> {
     Ok(match m {
         TMessage::Text(t) => {
             let text = axum::extract::ws::Utf8Bytes::try_from(bytes::Bytes::from(t))
-                .map_err(|_| invalid_text(()))?;
+                .map_err(|_| Flow::Broken(()))?;
             Some(AMessage::Text(text))
         }
         TMessage::Binary(b) => Some(AMessage::Binary(b)),
