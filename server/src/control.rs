@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 use crate::audit;
 use crate::limits::{
     CONTROL_IDLE_TIMEOUT, MAX_CONTROL_CONNECTIONS, MAX_CONTROL_LINE, MINT_BURST, MINT_RATE_PER_SEC,
+    WRITE_STALL,
 };
 use crate::server::Shared;
 
@@ -202,7 +203,16 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
             }
             Ok(Request::Mint(channel)) => mint(&shared, uid, pid, channel),
         };
-        if write_line(&mut wr, &reply).await.is_err() {
+        if let Err(e) = write_line(&mut wr, &reply).await {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                audit!(
+                    warn,
+                    event = "control_closed",
+                    reason = "not_reading",
+                    uid,
+                    pid
+                );
+            }
             return;
         }
     }
@@ -265,7 +275,16 @@ async fn write_line(
     let mut buf =
         Zeroizing::new(serde_json::to_vec(v).unwrap_or_else(|_| b"{\"ok\":false}".to_vec()));
     buf.push(b'\n');
-    wr.write_all(&buf).await
+    // A peer that pipelines requests and never reads must not hold a
+    // control permit: the reply gets [`WRITE_STALL`], then the connection
+    // is closed.
+    match tokio::time::timeout(WRITE_STALL, wr.write_all(&buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "control client did not read its reply",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 //! path to the guard.
 //!
 //! Invariant: a connection is "pending" from accept until it ends or its
-//! upgrade hands it to a session; at most [`MAX_PENDING_CONNECTIONS`] are
-//! pending, and admitting one more closes the oldest.
+//! upgrade hands it to a session; the `pending` registry bounds them and
+//! says who is closed when it is full. This listener tells it when a
+//! connection has sent its first byte and when TLS is done.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,9 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tower::ServiceExt;
 
-use crate::limits::{
-    MAX_PENDING_CONNECTIONS, MAX_REQUEST_HEAD, REQUEST_HEAD_TIMEOUT, TLS_HANDSHAKE_TIMEOUT,
-};
+use crate::limits::{MAX_REQUEST_HEAD, REQUEST_HEAD_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
+use crate::pending::{PendingSlot, Stage};
 use crate::server::Shared;
 
 /// Who is on the other end, inserted into every request's extensions.
@@ -43,60 +42,6 @@ impl std::fmt::Display for Peer {
             Peer::Tcp(a) => write!(f, "{a}"),
             Peer::Unix { uid, pid: Some(p) } => write!(f, "uid {uid} pid {p}"),
             Peer::Unix { uid, pid: None } => write!(f, "uid {uid}"),
-        }
-    }
-}
-
-/// The registry of pending (unauthenticated) connections.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    inner: Mutex<PendingInner>,
-}
-
-#[derive(Debug, Default)]
-struct PendingInner {
-    next_id: u64,
-    queue: VecDeque<(u64, oneshot::Sender<()>)>,
-}
-
-/// Held by a pending connection; leaving the registry on drop.
-pub(crate) struct PendingSlot {
-    id: u64,
-    registry: Arc<Pending>,
-}
-
-impl Pending {
-    /// Admits a connection, evicting the oldest pending one when full.
-    pub fn admit(self: &Arc<Self>) -> (PendingSlot, oneshot::Receiver<()>) {
-        let (tx, rx) = oneshot::channel();
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if inner.queue.len() >= MAX_PENDING_CONNECTIONS
-            && let Some((_, evict)) = inner.queue.pop_front()
-        {
-            let _ = evict.send(());
-        }
-        let id = inner.next_id;
-        inner.next_id = inner.next_id.wrapping_add(1);
-        inner.queue.push_back((id, tx));
-        (
-            PendingSlot {
-                id,
-                registry: self.clone(),
-            },
-            rx,
-        )
-    }
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        let mut inner = self
-            .registry
-            .inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(pos) = inner.queue.iter().position(|(id, _)| *id == self.id) {
-            inner.queue.remove(pos);
         }
     }
 }
@@ -129,13 +74,45 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 }
             },
         };
-        let (slot, evicted) = shared.pending.admit();
+        // A display's ClientHello has usually arrived while it waited in
+        // the kernel's queue: look without waiting, so it enters the
+        // registry past the silent stage (and a churn's already-closed
+        // connection never enters it).
+        let stage = match first_byte_now(&tcp) {
+            FirstByte::Closed => continue,
+            FirstByte::Arrived => Stage::Handshaking,
+            FirstByte::NotYet => Stage::Silent,
+        };
+        let (slot, evicted) = shared.pending.admit(stage);
         let shared = shared.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            connection(shared, router, tcp, peer, evicted).await;
+            connection(shared, router, tcp, peer, stage, &slot, evicted).await;
             drop(slot);
         });
+    }
+}
+
+enum FirstByte {
+    Arrived,
+    NotYet,
+    Closed,
+}
+
+/// Whether the peer's first byte is already here, without waiting.
+fn first_byte_now(tcp: &TcpStream) -> FirstByte {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    match recv(
+        tcp.as_raw_fd(),
+        &mut b,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => FirstByte::Closed,
+        Ok(_) => FirstByte::Arrived,
+        Err(nix::errno::Errno::EAGAIN) => FirstByte::NotYet,
+        Err(_) => FirstByte::Closed,
     }
 }
 
@@ -144,15 +121,34 @@ async fn connection(
     router: Router,
     tcp: TcpStream,
     peer: SocketAddr,
+    stage: Stage,
+    slot: &PendingSlot,
     mut evicted: oneshot::Receiver<()>,
 ) {
     let _ = tcp.set_nodelay(true);
     let mut shutdown = shared.shutdown.clone();
+    let deadline = tokio::time::Instant::now() + TLS_HANDSHAKE_TIMEOUT;
+    // A connection that sends nothing stays `Silent`, first in line for
+    // eviction; its first byte (the ClientHello) moves it up. One that
+    // closed before sending anything (a connect churn) leaves at once.
+    let mut first = [0u8; 1];
+    if stage == Stage::Silent {
+        tokio::select! {
+            _ = &mut evicted => { tracing::debug!(%peer, "evicted before its first byte"); return }
+            _ = shutdown.changed() => return,
+            r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => match r {
+                Ok(Ok(0)) => { tracing::debug!(%peer, "closed before its first byte"); return }
+                Ok(Ok(_)) => slot.advance(Stage::Handshaking),
+                Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "connection failed before TLS"); return }
+                Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return }
+            },
+        }
+    }
     let tls = tokio::select! {
         _ = &mut evicted => { tracing::debug!(%peer, "evicted during TLS handshake"); return }
         _ = shutdown.changed() => return,
-        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, shared.tls.accept(tcp)) => match r {
-            Ok(Ok(s)) => s,
+        r = tokio::time::timeout_at(deadline, shared.tls.accept(tcp)) => match r {
+            Ok(Ok(s)) => { slot.advance(Stage::Tls); s }
             Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "TLS handshake failed"); return }
             Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return }
         },

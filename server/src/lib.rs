@@ -21,6 +21,7 @@ mod guard;
 mod limits;
 mod native;
 pub mod peer_uid;
+mod pending;
 pub mod privilege;
 mod proxy;
 mod server;

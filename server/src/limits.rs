@@ -9,10 +9,13 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request head hyper buffers; beyond it the answer is 431.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
-/// Connections admitted but not (yet) an authenticated session. When full,
-/// the oldest is closed to admit the new one: squatters cannot lock out
-/// the real client, and nothing queues without bound.
+/// Connections admitted but not (yet) an authenticated session, per
+/// listener. When full, one is closed to admit the new one (who: the
+/// `pending` module): squatters cannot lock out the real client, and
+/// nothing queues without bound.
 pub const MAX_PENDING_CONNECTIONS: usize = 256;
+/// Of those, the share only connections that finished TLS may hold.
+pub const PENDING_RESERVED_TLS: usize = 64;
 /// Time allowed to open the backend connection for a new session.
 pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest control-socket request line; a longer one closes the connection.
@@ -37,3 +40,18 @@ pub const MAX_STATIC_FILE: u64 = 8 * 1024 * 1024;
 /// as the largest user-space cost per message. 16 KiB keeps a 16 KiB
 /// message to one or two reads.
 pub const WS_READ_BUFFER: usize = 16 * 1024;
+/// How often the server pings a session's client.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// A client silent this long (not even a pong) is closed with 1008.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A peer that takes no bytes of a pending write for this long is not
+/// reading: a session's client is closed with 1008 "not reading", its
+/// backend with 1011, and the slot is freed; a control client's connection
+/// is closed. Bounds every write to a peer.
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
+/// Time a closing frame (and the transport close) gets before the peer
+/// is dropped without it.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
+/// Messages the demo backend holds between reading one and echoing it;
+/// beyond that it stops reading, as a real peer applies back-pressure.
+pub const DEMO_ECHO_QUEUE: usize = 64;

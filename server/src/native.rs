@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::{Peer, serve_http};
 use crate::limits::TLS_HANDSHAKE_TIMEOUT;
+use crate::pending::{PendingSlot, Stage};
 use crate::server::Shared;
 
 /// The native listener's own settings, resolved at bind time.
@@ -57,11 +58,11 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
                 }
             },
         };
-        let (slot, evicted) = shared.pending.admit();
+        let (slot, evicted) = shared.native_pending.admit(Stage::Silent);
         let shared = shared.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            connection(shared, router, stream, evicted).await;
+            connection(shared, router, stream, &slot, evicted).await;
             drop(slot);
         });
     }
@@ -71,6 +72,7 @@ async fn connection(
     shared: Arc<Shared>,
     router: Router,
     stream: UnixStream,
+    slot: &PendingSlot,
     evicted: tokio::sync::oneshot::Receiver<()>,
 ) {
     let Some(native) = shared.native.as_ref() else {
@@ -91,13 +93,20 @@ async fn connection(
         crate::audit!(warn, event = "rejected", reason = "uid_not_allowed", listener = "native", peer = %peer);
         return;
     }
+    slot.advance(Stage::Handshaking);
     match &native.tls {
-        None => serve_http(shared.clone(), router, stream, peer, evicted).await,
+        None => {
+            slot.advance(Stage::Tls);
+            serve_http(shared.clone(), router, stream, peer, evicted).await
+        }
         Some(acceptor) => {
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                 .await
             {
-                Ok(Ok(s)) => s,
+                Ok(Ok(s)) => {
+                    slot.advance(Stage::Tls);
+                    s
+                }
                 Ok(Err(e)) => {
                     crate::audit!(warn, event = "rejected", reason = "tls_handshake", listener = "native", peer = %peer, error = %e);
                     return;

@@ -19,8 +19,8 @@ use tracing::info;
 
 use crate::config::{Config, NativeTls};
 use crate::control::RateLimiter;
-use crate::gateway::Pending;
 use crate::limits::SHUTDOWN_GRACE;
+use crate::pending::Pending;
 
 /// Why the server refused to start. Each names the file or address.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,11 @@ pub(crate) struct Shared {
     pub tls: TlsAcceptor,
     pub sessions: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
+    /// Pending connections of the TLS gateway.
     pub pending: Arc<Pending>,
+    /// Pending connections of the native listener: its own pool, so a
+    /// flood on one listener never evicts the other's clients.
+    pub native_pending: Arc<Pending>,
     pub rate: Mutex<RateLimiter>,
     pub csp: HeaderValue,
     pub native: Option<crate::native::Native>,
@@ -213,6 +217,7 @@ impl Server {
             tls,
             shutdown: shutdown_rx,
             pending: Arc::new(Pending::default()),
+            native_pending: Arc::new(Pending::default()),
             rate: Mutex::new(RateLimiter {
                 buckets: HashMap::new(),
             }),

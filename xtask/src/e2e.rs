@@ -28,6 +28,8 @@ mod launcher;
 mod native;
 #[path = "e2e_privilege.rs"]
 mod privilege;
+#[path = "e2e_stream.rs"]
+mod stream;
 
 type R = std::result::Result<(), String>;
 
@@ -733,6 +735,9 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     if hostile::CASES.contains(&name) {
         return hostile::dispatch(name, fx).await;
     }
+    if stream::CASES.contains(&name) {
+        return stream::dispatch(name, fx).await;
+    }
     let p = fx.port().to_string();
     if let Some((_, o)) = ORIGINS.iter().find(|(n, _)| *n == name) {
         let o = o.map(|o| o.replace("{p}", &p));
@@ -814,6 +819,7 @@ fn case_names() -> Vec<&'static str> {
     v.extend(privilege::CASES);
     v.extend(native::CASES);
     v.extend(hostile::CASES);
+    v.extend(stream::CASES);
     v.extend([
         // last: reads the logs every case above produced
         "audit_log_has_reasons_and_no_secrets",
@@ -927,6 +933,7 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
                 continue;
             }
             if (NEEDS_ROOT.contains(&name)
+                || stream::NEEDS_ROOT.contains(&name)
                 || privilege::CASES.contains(&name)
                 || native::CASES.contains(&name))
                 && !is_root()

@@ -71,6 +71,12 @@ const NEEDS: &[Need] = &[
         "e2e: the token never in a syscall argument",
     ),
     apt(
+        "python3",
+        Probe::Program("python3"),
+        "python3",
+        "e2e: a connect churn from another uid",
+    ),
+    apt(
         "setpriv",
         Probe::Program("setpriv"),
         "util-linux",

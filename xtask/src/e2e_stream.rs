@@ -1,0 +1,556 @@
+//! e2e streaming cases: the session proxy under the loads a display really
+//! puts on it (camera frames, APL documents of hundreds of KiB) and under
+//! peers that stop reading. Bounded in count and time, loopback and Unix
+//! sockets only. Durations are printed, never asserted; the deadlines here
+//! only turn a hang into a failure.
+//!
+//! Each case failed on the single-loop proxy (issue 10): the pipelined
+//! streams wedged after 8-15 echoes, stalled peers held their slot forever.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use screengate_tests::{Request, Ws, echo, handshake};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Fx, R, port_and_pin};
+use crate::proc::ServerProc;
+
+pub const CASES: &[&str] = &[
+    "stream_96x16k_pipelined_through_demo_backend",
+    "stream_96x16k_pipelined_through_unix_backend",
+    "stream_8_sessions_open_and_echo_after_the_streams",
+    "stream_client_stops_reading_closed_slot_freed",
+    "stream_backend_stops_reading_client_gets_1011_slot_freed",
+    "stream_sigterm_while_a_session_is_stalled_exits_0_within_5s",
+    "stream_connect_churn_from_another_uid_display_connects_20_of_20",
+    "stream_control_client_that_never_reads_is_closed",
+];
+
+/// Cases that need root (a throwaway user).
+pub const NEEDS_ROOT: &[&str] =
+    &["stream_connect_churn_from_another_uid_display_connects_20_of_20"];
+
+/// What the server promises: a peer taking no bytes this long is closed.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+const MESSAGES: usize = 96;
+const MESSAGE: usize = 16 * 1024;
+
+pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
+    Some(match name {
+        "stream_96x16k_pipelined_through_demo_backend" => {
+            pipelined_on(fx.addr, fx.pin, &fx.main.control, fx).await
+        }
+        "stream_96x16k_pipelined_through_unix_backend" => through_unix(fx).await,
+        "stream_8_sessions_open_and_echo_after_the_streams" => {
+            eight_sessions(fx, fx.addr, fx.pin, &fx.main.control).await
+        }
+        "stream_client_stops_reading_closed_slot_freed" => client_stops_reading(fx).await,
+        "stream_backend_stops_reading_client_gets_1011_slot_freed" => {
+            backend_stops_reading(fx).await
+        }
+        "stream_sigterm_while_a_session_is_stalled_exits_0_within_5s" => sigterm_stalled(fx).await,
+        "stream_connect_churn_from_another_uid_display_connects_20_of_20" => churn(fx).await,
+        "stream_control_client_that_never_reads_is_closed" => control_never_reads(fx).await,
+        _ => return None,
+    })
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    let mut v = vec![0u8; MESSAGE];
+    for (j, b) in v.iter_mut().enumerate() {
+        *b = u8::try_from((i * 31 + j) % 251).unwrap_or(0);
+    }
+    v
+}
+
+async fn session(
+    fx: &Fx,
+    addr: std::net::SocketAddr,
+    pin: screengate_identity::Pin,
+    control: &Path,
+) -> Result<Ws, String> {
+    let (t, _) = fx.mint_on(control).await?;
+    let (resp, ws) = handshake(addr, pin, &Request::display(addr.port(), Some(&t))).await?;
+    ws.ok_or(format!("no session: status {}", resp.status))
+}
+
+/// 96 binary 16 KiB messages written without waiting for any echo, read
+/// back concurrently: every one returns, in order, intact.
+async fn pipelined(mut ws: Ws) -> R {
+    let t0 = Instant::now();
+    let (mut tx, mut rx) = StreamExt::split(&mut ws);
+    let writer = async {
+        for i in 0..MESSAGES {
+            tx.feed(Message::Binary(payload(i).into()))
+                .await
+                .map_err(|e| format!("send {i}: {e}"))?;
+        }
+        tx.flush().await.map_err(|e| format!("flush: {e}"))
+    };
+    let reader = async {
+        let mut got = 0usize;
+        while got < MESSAGES {
+            let m = tokio::time::timeout(Duration::from_secs(10), rx.next())
+                .await
+                .map_err(|_| format!("wedged: no echo for 10 s after {got} of {MESSAGES}"))?
+                .ok_or(format!("closed after {got} echoes"))?
+                .map_err(|e| format!("receive after {got}: {e}"))?;
+            match m {
+                Message::Binary(b) => {
+                    if b.as_ref() != payload(got).as_slice() {
+                        return Err(format!("echo {got} differs"));
+                    }
+                    got += 1;
+                }
+                Message::Close(c) => return Err(format!("closed after {got} echoes: {c:?}")),
+                _ => {} // status messages, pings
+            }
+        }
+        Ok::<_, String>(())
+    };
+    let (w, r) = tokio::join!(writer, reader);
+    w?;
+    r?;
+    drop((tx, rx));
+    println!("      ({MESSAGES} x 16 KiB echoed in {:?})", t0.elapsed());
+    ws.close(None).await.map_err(|e| format!("close: {e}"))?;
+    Ok(())
+}
+
+async fn pipelined_on(
+    addr: std::net::SocketAddr,
+    pin: screengate_identity::Pin,
+    control: &Path,
+    fx: &Fx,
+) -> R {
+    pipelined(session(fx, addr, pin, control).await?).await
+}
+
+/// The demo backend on a Unix socket, run as the service user like an SDK.
+struct UnixBackend {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl UnixBackend {
+    fn start(fx: &Fx, name: &str) -> Result<Self, String> {
+        let dir = fx.base.join("run").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        if let Some(u) = &fx.svc {
+            std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+        }
+        let sock = dir.join("backend.sock");
+        let mut cmd = match &fx.svc {
+            Some(u) => u.command(fx.base.join("bin/screengate"), false),
+            None => std::process::Command::new(fx.base.join("bin/screengate")),
+        };
+        let child = cmd
+            .arg("demo-backend")
+            .arg("--unix")
+            .arg(&sock)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn demo-backend: {e}"))?;
+        let b = Self { child, sock };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&b.sock).is_err() {
+            if Instant::now() > deadline {
+                return Err("demo backend did not come up".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(b)
+    }
+}
+
+impl Drop for UnixBackend {
+    fn drop(&mut self) {
+        let _ = crate::proc::terminate_child(&mut self.child, Duration::from_secs(3));
+    }
+}
+
+async fn through_unix(fx: &Fx) -> R {
+    let backend = UnixBackend::start(fx, "s-unix-backend")?;
+    let arg = format!("unix:{}", backend.sock.display());
+    let s = fx.spawn_server("s-unix", &["--backend", &arg])?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    pipelined_on(addr, pin, &s.control, fx).await?;
+    // Both directions at once on all 8 slots, then all 8 again: no leak.
+    eight_streams(fx, addr, pin, &s.control).await?;
+    eight_sessions(fx, addr, pin, &s.control).await
+}
+
+async fn eight_streams(
+    fx: &Fx,
+    addr: std::net::SocketAddr,
+    pin: screengate_identity::Pin,
+    control: &Path,
+) -> R {
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(session(fx, addr, pin, control).await?);
+    }
+    let results = futures_util::future::join_all(sessions.into_iter().map(pipelined)).await;
+    results.into_iter().collect::<Result<Vec<()>, String>>()?;
+    Ok(())
+}
+
+/// All 8 slots (the default `max_sessions`) open at once and echo: nothing
+/// earlier leaked one. Retried briefly: a just-closed session frees its
+/// slot when the server has read the close.
+async fn eight_sessions(
+    fx: &Fx,
+    addr: std::net::SocketAddr,
+    pin: screengate_identity::Pin,
+    control: &Path,
+) -> R {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut open: Vec<Ws> = Vec::new();
+    let mut last = String::new();
+    while open.len() < 8 {
+        match session(fx, addr, pin, control).await {
+            Ok(ws) => open.push(ws),
+            Err(e) if Instant::now() < deadline => {
+                last = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "only {} of 8 sessions opened: {e} ({last})",
+                    open.len()
+                ));
+            }
+        }
+    }
+    for (i, ws) in open.iter_mut().enumerate() {
+        let text = format!("slot {i}");
+        if echo(ws, &text).await? != text {
+            return Err(format!("session {i}: wrong echo"));
+        }
+    }
+    for mut ws in open {
+        let _ = ws.close(None).await;
+    }
+    Ok(())
+}
+
+/// Writes into `ws` until the writes stop going anywhere (the peer, or the
+/// path to it, is full) for 2 s or `cap` bytes are written; returns bytes.
+async fn write_until_blocked(ws: &mut Ws, cap: usize) -> usize {
+    let mut sent = 0;
+    while sent < cap {
+        let m = Message::Binary(payload(sent / MESSAGE).into());
+        match tokio::time::timeout(Duration::from_secs(2), ws.send(m)).await {
+            Ok(Ok(())) => sent += MESSAGE,
+            _ => break,
+        }
+    }
+    sent
+}
+
+/// Waits until `log` has a `session_closed` line with `end` (or the
+/// deadline passes); returns how long it took.
+async fn wait_log(
+    log: impl Fn() -> String,
+    needle: &str,
+    within: Duration,
+) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if log()
+            .lines()
+            .any(|l| l.contains("session_closed") && l.contains(needle))
+        {
+            return Ok(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("no session_closed with {needle} within {within:?}"))
+}
+
+async fn own_server(
+    fx: &Fx,
+    name: &str,
+    extra: &[&str],
+) -> Result<(ServerProc, std::net::SocketAddr, screengate_identity::Pin), String> {
+    let s = fx.spawn_server(name, extra)?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    Ok((s, std::net::SocketAddr::from(([127, 0, 0, 1], port)), pin))
+}
+
+/// A client that writes 7 MiB and stops reading: the server closes it
+/// within the stall bound (1008 "not reading" if it can still deliver it),
+/// says so in the audit log, and the slot is free again.
+async fn client_stops_reading(fx: &Fx) -> R {
+    let (s, addr, pin) = own_server(fx, "s-deaf-client", &[]).await?;
+    let mut ws = session(fx, addr, pin, &s.control).await?;
+    let t0 = Instant::now();
+    let sent = write_until_blocked(&mut ws, 7 * 1024 * 1024).await;
+    wait_log(
+        || s.log_text(),
+        "client_stalled",
+        WRITE_STALL + Duration::from_secs(10),
+    )
+    .await?;
+    println!(
+        "      ({} KiB written; closed as client_stalled {:?} after the writes began)",
+        sent / 1024,
+        t0.elapsed()
+    );
+    // The connection is gone from the server's side: reading drains what
+    // was in flight, then ends.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(c))) => {
+                    break format!("close {:?}", c.map(|c| u16::from(c.code)));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break format!("error: {e}"),
+                None => break "EOF".to_owned(),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the server kept the stalled connection open".to_owned())?;
+    println!("      (the client then saw: {ended})");
+    eight_sessions(fx, addr, pin, &s.control).await
+}
+
+/// A backend that completes the WebSocket handshake and never reads.
+async fn deaf_backend(path: PathBuf) -> Result<tokio::task::JoinHandle<()>, String> {
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .map_err(|e| e.to_string())?;
+    Ok(tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: at most 32 connections, for at most 60 s.
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while held.len() < 32 {
+            let Ok(Ok((s, _))) = tokio::time::timeout_at(until, listener.accept()).await else {
+                return;
+            };
+            if let Ok(Ok(ws)) =
+                tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::accept_async(s))
+                    .await
+            {
+                held.push(ws); // never read
+            }
+        }
+        tokio::time::sleep_until(until).await;
+    }))
+}
+
+async fn backend_stops_reading(fx: &Fx) -> R {
+    let dir = fx.base.join("run/deaf-backend-sock");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let sock = dir.join("deaf.sock");
+    let task = deaf_backend(sock.clone()).await?;
+    let arg = format!("unix:{}", sock.display());
+    let r = async {
+        let (s, addr, pin) = own_server(fx, "s-deaf-backend", &["--backend", &arg]).await?;
+        let ws = session(fx, addr, pin, &s.control).await?;
+        let t0 = Instant::now();
+        let (mut tx, mut rx) = ws.split();
+        // Keep writing until the server closes us; read concurrently.
+        let writer = async {
+            let mut n = 0usize;
+            while n < 4096 {
+                match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    tx.send(Message::Binary(payload(n).into())),
+                )
+                .await
+                {
+                    Ok(Ok(())) => n += 1,
+                    _ => break,
+                }
+            }
+            n
+        };
+        let reader = async {
+            loop {
+                match tokio::time::timeout(WRITE_STALL + Duration::from_secs(10), rx.next()).await {
+                    Ok(Some(Ok(Message::Close(c)))) => {
+                        break Ok(c.map(|c| (u16::from(c.code), c.reason.as_str().to_owned())));
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    Ok(Some(Err(e))) => break Err(format!("error before a close frame: {e}")),
+                    Ok(None) => break Err("EOF before a close frame".to_owned()),
+                    Err(_) => {
+                        break Err("the stalled backend's session was never closed".to_owned());
+                    }
+                }
+            }
+        };
+        let (reader_result, sent) = tokio::join!(reader, writer);
+        let close = reader_result.map_err(|e| format!("{e} ({sent} messages sent)"))?;
+        println!(
+            "      (client got close {close:?} after {:?})",
+            t0.elapsed()
+        );
+        if close.as_ref().map(|c| c.0) != Some(1011) {
+            return Err(format!("expected close 1011, got {close:?}"));
+        }
+        wait_log(|| s.log_text(), "backend_stalled", Duration::from_secs(5)).await?;
+        // The slot is free again: 8 sessions open (their backend is deaf, so
+        // no echo: the upgrade succeeding is the check).
+        let mut open = Vec::new();
+        for i in 0..8 {
+            open.push(
+                session(fx, addr, pin, &s.control)
+                    .await
+                    .map_err(|e| format!("session {i}: {e}"))?,
+            );
+        }
+        Ok::<_, String>(())
+    }
+    .await;
+    task.abort();
+    let _ = std::fs::remove_file(&sock);
+    r
+}
+
+async fn sigterm_stalled(fx: &Fx) -> R {
+    let (mut s, addr, pin) = own_server(fx, "s-sigterm-stalled", &[]).await?;
+    let mut ws = session(fx, addr, pin, &s.control).await?;
+    let sent = write_until_blocked(&mut ws, 7 * 1024 * 1024).await;
+    let (status, took) = tokio::task::block_in_place(|| s.terminate(Duration::from_secs(5)))
+        .map_err(|e| format!("{e:#}"))?;
+    if !status.success() {
+        return Err(format!(
+            "exit status {status} ({} KiB stuck in the session)",
+            sent / 1024
+        ));
+    }
+    println!(
+        "      (exited 0 {took:?} after SIGTERM, {} KiB stuck)",
+        sent / 1024
+    );
+    Ok(())
+}
+
+/// The churn: bare connects (never a byte), held up to 900 at a time,
+/// until SIGTERM or argv[2] seconds; prints how many it made.
+const CHURN: &str = r#"
+import signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+port = int(sys.argv[1]); end = time.time() + float(sys.argv[2]); held = []; n = 0
+try:
+    while time.time() < end:
+        try:
+            s = socket.socket(); s.setblocking(False); s.connect_ex(("127.0.0.1", port))
+            held.append(s); n += 1
+        except OSError:
+            time.sleep(0.001)
+        if len(held) > 900:
+            held.pop(0).close()
+finally:
+    print(n, flush=True)
+"#;
+
+async fn churn(fx: &Fx) -> R {
+    let u = super::TempUser::create("churn")?;
+    let script = fx.base.join("run/churn.py");
+    std::fs::write(&script, CHURN).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    let mut flood = u
+        .command("/usr/bin/python3", false)
+        .arg(&script)
+        .arg(fx.port().to_string())
+        .arg("45")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn the churn: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let attempt = async {
+            let mut ws = session(fx, fx.addr, fx.pin, &fx.main.control).await?;
+            let r = echo(&mut ws, "display under churn").await.map(|_| ());
+            let _ = ws.close(None).await;
+            r
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => failures.push(format!("{i}: {e}")),
+            Err(_) => failures.push(format!("{i}: timed out")),
+        }
+    }
+    let alive = matches!(flood.try_wait(), Ok(None));
+    let connects = tokio::task::block_in_place(|| {
+        let _ = crate::proc::terminate_child(&mut flood, Duration::from_secs(5));
+        let mut out = String::new();
+        if let Some(mut o) = flood.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut out);
+        }
+        out.trim().to_owned()
+    });
+    if !alive {
+        return Err(format!("the churn ended early (it printed {connects:?})"));
+    }
+    println!("      (display {ok}/20 while another uid made {connects} connects)");
+    if connects.parse::<u64>().map_or(true, |n| n < 1000) {
+        return Err(format!("the churn did not run: it printed {connects:?}"));
+    }
+    if ok != 20 {
+        return Err(format!(
+            "{} of 20 display connections failed: {}",
+            20 - ok,
+            failures.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+/// An allowed control client pipelines request lines and never reads its
+/// replies: once the replies fill the socket, the server closes it within
+/// the stall bound (audit `control_closed reason=not_reading`) instead of
+/// holding one of its 64 control permits forever.
+async fn control_never_reads(fx: &Fx) -> R {
+    use tokio::io::AsyncWriteExt;
+    let (s, _, _) = own_server(fx, "s-deaf-control", &[]).await?;
+    let mut c = tokio::net::UnixStream::connect(&s.control)
+        .await
+        .map_err(|e| format!("connect control: {e}"))?;
+    let t0 = Instant::now();
+    // Bad requests get a reply each (not rate limited); 40,000 of them are
+    // several MiB of replies, far past any socket buffer.
+    let line = b"{\"op\":\"nope\"}\n".repeat(1000);
+    let mut written = 0usize;
+    for _ in 0..40 {
+        match tokio::time::timeout(Duration::from_secs(3), c.write_all(&line)).await {
+            Ok(Ok(())) => written += line.len(),
+            _ => break,
+        }
+    }
+    let deadline = WRITE_STALL + Duration::from_secs(10);
+    while t0.elapsed() < deadline {
+        if s.log_text()
+            .lines()
+            .any(|l| l.contains("control_closed") && l.contains("not_reading"))
+        {
+            println!(
+                "      ({} KiB of requests written; closed as not_reading after {:?})",
+                written / 1024,
+                t0.elapsed()
+            );
+            // And the control socket still serves others.
+            fx.mint_on(&s.control).await?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "the control client that never reads was not closed within {deadline:?}"
+    ))
+}
