@@ -25,9 +25,36 @@ pub fn run(args: &[String]) -> Result<bool> {
     match args.first().map(String::as_str) {
         Some("launch") => launch(),
         Some("proxy") => crate::bench_proxy::run(),
-        None => Ok(crate::bench_proxy::run()? && launch()?),
-        Some(other) => bail!("unknown benchmark `{other}`; available: proxy, launch"),
+        Some("peer-uid") => peer_uid(),
+        None => Ok(crate::bench_proxy::run()? && launch()? && peer_uid()?),
+        Some(other) => bail!("unknown benchmark `{other}`; available: proxy, launch, peer-uid"),
     }
+}
+
+/// The cost of asking the kernel who owns a display's connection (issue 14):
+/// sock_diag and the /proc table, with 1 and 1000 connections open. The
+/// measurement lives next to the code it measures (`peer_uid::tests`), as an
+/// ignored test, so it runs against the real functions rather than a copy.
+fn peer_uid() -> Result<bool> {
+    println!("==> bench peer-uid: the lookup behind [gateway] allowed_peer_uids");
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "test",
+                "-q",
+                "-p",
+                "screengate-server",
+                "--release",
+                "--lib",
+                "peer_uid::tests::peer_uid_cost",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "--exact",
+            ])
+            .status()
+            .context("running cargo test for the peer-uid benchmark")?;
+    Ok(status.success())
 }
 
 fn launch() -> Result<bool> {
