@@ -40,6 +40,18 @@ pub const MAX_STATIC_FILE: u64 = 8 * 1024 * 1024;
 /// as the largest user-space cost per message. 16 KiB keeps a 16 KiB
 /// message to one or two reads.
 pub const WS_READ_BUFFER: usize = 16 * 1024;
+/// tungstenite's write buffer, in which it writes a frame before the
+/// socket takes it (its default).
+pub const WS_WRITE_BUFFER: usize = 128 * 1024;
+/// The most a WebSocket write buffer may hold: one full message on top of
+/// the buffer, and room for control frames. tungstenite's default is
+/// unlimited, and the pong it answers each ping with is queued there even
+/// when the peer reads nothing: a ping flood from a client that never read
+/// grew the server by ~100 MB/s (review of issue 10). Past this the
+/// connection fails with `WriteBufferFull` and the session ends.
+pub const fn ws_max_write_buffer(max_message: usize) -> usize {
+    WS_WRITE_BUFFER + max_message + 64 * 1024
+}
 /// How often the server pings a session's client.
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// A client silent this long (not even a pong) is closed with 1008.
