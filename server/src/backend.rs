@@ -105,4 +105,6 @@ pub(crate) fn ws_config(
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
         .read_buffer_size(crate::limits::WS_READ_BUFFER)
+        .write_buffer_size(crate::limits::WS_WRITE_BUFFER)
+        .max_write_buffer_size(crate::limits::ws_max_write_buffer(max_message))
 }

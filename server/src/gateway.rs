@@ -8,6 +8,7 @@
 //! connection has sent its first byte and when TLS is done.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio::sync::oneshot;
 use tower::ServiceExt;
 
 use crate::limits::{MAX_REQUEST_HEAD, REQUEST_HEAD_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
-use crate::pending::{PendingSlot, Stage};
+use crate::pending::{FirstByte, PendingSlot, Stage, first_byte_now};
 use crate::server::Shared;
 
 /// Who is on the other end, inserted into every request's extensions.
@@ -83,36 +84,18 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             FirstByte::Arrived => Stage::Handshaking,
             FirstByte::NotYet => Stage::Silent,
         };
-        let (slot, evicted) = shared.pending.admit(stage);
+        // Only a silent connection needs the probe (one `dup`); without it
+        // (fd limit) it is evicted as before, unseen.
+        let probe = (stage == Stage::Silent)
+            .then(|| tcp.as_fd().try_clone_to_owned().ok())
+            .flatten();
+        let (slot, evicted) = shared.pending.admit(stage, probe);
         let shared = shared.clone();
         let router = router.clone();
         tokio::spawn(async move {
             connection(shared, router, tcp, peer, stage, &slot, evicted).await;
             drop(slot);
         });
-    }
-}
-
-enum FirstByte {
-    Arrived,
-    NotYet,
-    Closed,
-}
-
-/// Whether the peer's first byte is already here, without waiting.
-fn first_byte_now(tcp: &TcpStream) -> FirstByte {
-    use nix::sys::socket::{MsgFlags, recv};
-    use std::os::fd::AsRawFd;
-    let mut b = [0u8; 1];
-    match recv(
-        tcp.as_raw_fd(),
-        &mut b,
-        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-    ) {
-        Ok(0) => FirstByte::Closed,
-        Ok(_) => FirstByte::Arrived,
-        Err(nix::errno::Errno::EAGAIN) => FirstByte::NotYet,
-        Err(_) => FirstByte::Closed,
     }
 }
 

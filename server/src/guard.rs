@@ -395,6 +395,10 @@ async fn admit(
     ws.max_message_size(shared.cfg.max_message_size)
         .max_frame_size(shared.cfg.max_message_size)
         .read_buffer_size(crate::limits::WS_READ_BUFFER)
+        .write_buffer_size(crate::limits::WS_WRITE_BUFFER)
+        .max_write_buffer_size(crate::limits::ws_max_write_buffer(
+            shared.cfg.max_message_size,
+        ))
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed after 101"))
         .on_upgrade(move |socket| crate::proxy::run(socket, backend, session, shutdown))
 }

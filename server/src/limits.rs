@@ -40,14 +40,30 @@ pub const MAX_STATIC_FILE: u64 = 8 * 1024 * 1024;
 /// as the largest user-space cost per message. 16 KiB keeps a 16 KiB
 /// message to one or two reads.
 pub const WS_READ_BUFFER: usize = 16 * 1024;
+/// tungstenite's write buffer, in which it writes a frame before the
+/// socket takes it (its default).
+pub const WS_WRITE_BUFFER: usize = 128 * 1024;
+/// The most a WebSocket write buffer may hold: one full message on top of
+/// the buffer, and room for control frames. tungstenite's default is
+/// unlimited, and the pong it answers each ping with is queued there even
+/// when the peer reads nothing: a ping flood from a client that never read
+/// grew the server by ~100 MB/s (review of issue 10). Past this the
+/// connection fails with `WriteBufferFull` and the session ends.
+pub const fn ws_max_write_buffer(max_message: usize) -> usize {
+    WS_WRITE_BUFFER + max_message + 64 * 1024
+}
 /// How often the server pings a session's client.
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// A client silent this long (not even a pong) is closed with 1008.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A peer that takes no bytes of a pending write for this long is not
-/// reading: a session's client is closed with 1008 "not reading", its
-/// backend with 1011, and the slot is freed; a control client's connection
-/// is closed. Bounds every write to a peer.
+/// The time one write operation to a peer (a send, or the flush of a batch
+/// of up to 64 messages) may take before the peer counts as not reading: a
+/// session's client is closed with 1008 "not reading", its backend with
+/// 1011, and the slot is freed; a control client's connection is closed.
+/// Bounds every write to a peer. It is a bound per operation, not a
+/// minimum rate: a client that reads a multi-MiB batch slower than about
+/// its size per 10 s is closed too (measured by the review of issue 10:
+/// 300 KB/s against 4 MB messages, closed after 5.6 MB).
 pub const WRITE_STALL: Duration = Duration::from_secs(10);
 /// Time a closing frame (and the transport close) gets before the peer
 /// is dropped without it.

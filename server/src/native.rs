@@ -58,7 +58,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
                 }
             },
         };
-        let (slot, evicted) = shared.native_pending.admit(Stage::Silent);
+        let (slot, evicted) = shared.native_pending.admit(Stage::Silent, None);
         let shared = shared.clone();
         let router = router.clone();
         tokio::spawn(async move {

@@ -234,6 +234,9 @@ fn classify(e: axum::Error) -> Flow<ClientFault> {
             WsError::Protocol(_) => {
                 fault(Some(PROTOCOL), "protocol error", "client_protocol_error")
             }
+            // Our pongs to its pings filled the capped write buffer: the
+            // client sends but never reads (limits::ws_max_write_buffer).
+            WsError::WriteBufferFull(_) => fault(Some(POLICY), "not reading", "client_stalled"),
             _ => Flow::Gone,
         },
         Err(_) => Flow::Gone,

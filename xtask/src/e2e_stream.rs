@@ -26,6 +26,7 @@ pub const CASES: &[&str] = &[
     "stream_sigterm_while_a_session_is_stalled_exits_0_within_5s",
     "stream_connect_churn_from_another_uid_display_connects_20_of_20",
     "stream_control_client_that_never_reads_is_closed",
+    "stream_ping_flood_from_a_client_that_never_reads_is_bounded",
 ];
 
 /// Cases that need root (a throwaway user).
@@ -53,6 +54,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "stream_sigterm_while_a_session_is_stalled_exits_0_within_5s" => sigterm_stalled(fx).await,
         "stream_connect_churn_from_another_uid_display_connects_20_of_20" => churn(fx).await,
         "stream_control_client_that_never_reads_is_closed" => control_never_reads(fx).await,
+        "stream_ping_flood_from_a_client_that_never_reads_is_bounded" => ping_flood(fx).await,
         _ => return None,
     })
 }
@@ -318,6 +320,65 @@ async fn client_stops_reading(fx: &Fx) -> R {
     .map_err(|_| "the server kept the stalled connection open".to_owned())?;
     println!("      (the client then saw: {ended})");
     eight_sessions(fx, addr, pin, &s.control).await
+}
+
+/// A client that sends pings as fast as it can and never reads: each ping
+/// earns a pong the client never takes. The review of issue 10 saw the
+/// server grow by ~100 MB/s this way (tungstenite's write buffer is
+/// unbounded by default); now the capped buffer fills, the session ends as
+/// `client_stalled`, and the server's peak memory stays small.
+async fn ping_flood(fx: &Fx) -> R {
+    let (s, addr, pin) = own_server(fx, "s-ping-flood", &[]).await?;
+    let pid = s.child.id();
+    let before = proc_kb(pid, "VmHWM");
+    let mut ws = session(fx, addr, pin, &s.control).await?;
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    // Bounded: 30 s or 4 million pings, whichever comes first; ends early
+    // when the server closes the session.
+    while t0.elapsed() < Duration::from_secs(30) && sent < 4_000_000 {
+        let ping = Message::Ping(vec![0x50; 125].into());
+        match tokio::time::timeout(Duration::from_secs(5), ws.feed(ping)).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+        if sent.is_multiple_of(64)
+            && !matches!(
+                tokio::time::timeout(Duration::from_secs(5), ws.flush()).await,
+                Ok(Ok(()))
+            )
+        {
+            break;
+        }
+    }
+    let flood_for = t0.elapsed();
+    wait_log(|| s.log_text(), "client_stalled", Duration::from_secs(15)).await?;
+    let peak = proc_kb(pid, "VmHWM");
+    if before == 0 || peak == 0 {
+        return Err(format!("could not read VmHWM of server pid {pid}"));
+    }
+    println!(
+        "      ({sent} pings in {flood_for:?}, never read; server peak RSS {before} -> {peak} KiB)"
+    );
+    if peak.saturating_sub(before) > 64 * 1024 {
+        return Err(format!(
+            "the server grew by {} KiB under a ping flood (peak {peak} KiB)",
+            peak.saturating_sub(before)
+        ));
+    }
+    eight_sessions(fx, addr, pin, &s.control).await
+}
+
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A backend that completes the WebSocket handshake and never reads.
