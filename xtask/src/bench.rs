@@ -35,6 +35,7 @@ pub fn run(args: &[String]) -> Result<bool> {
 /// sock_diag and the /proc table, with 1 and 1000 connections open. The
 /// measurement lives next to the code it measures (`peer_uid::tests`), as an
 /// ignored test, so it runs against the real functions rather than a copy.
+/// Debug build (the test profile): an upper bound of the release cost.
 fn peer_uid() -> Result<bool> {
     println!("==> bench peer-uid: the lookup behind [gateway] allowed_peer_uids");
     let status =
@@ -44,7 +45,6 @@ fn peer_uid() -> Result<bool> {
                 "-q",
                 "-p",
                 "screengate-server",
-                "--release",
                 "--lib",
                 "peer_uid::tests::peer_uid_cost",
                 "--",
