@@ -71,3 +71,6 @@ pub const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 /// Messages the demo backend holds between reading one and echoing it;
 /// beyond that it stops reading, as a real peer applies back-pressure.
 pub const DEMO_ECHO_QUEUE: usize = 64;
+/// The gateway's listen backlog (the kernel caps it at
+/// `net.core.somaxconn`, 4096 on Debian 12).
+pub const LISTEN_BACKLOG: u32 = 4096;

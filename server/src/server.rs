@@ -153,13 +153,11 @@ impl Server {
         let server_pin = identity.server_pin.to_string();
         drop(identity);
 
-        let tcp = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                what: "gateway listener",
-                addr: cfg.listen.to_string(),
-                source,
-            })?;
+        let tcp = bind_tcp(cfg.listen).map_err(|source| ServerError::Bind {
+            what: "gateway listener",
+            addr: cfg.listen.to_string(),
+            source,
+        })?;
         let local: SocketAddr = tcp.local_addr().map_err(|source| ServerError::Bind {
             what: "gateway listener",
             addr: cfg.listen.to_string(),
@@ -403,6 +401,21 @@ pub(crate) fn bind_private_socket(
             .map_err(|e| err(path, format!("chmod: {e}")))?;
     }
     Ok(listener)
+}
+
+/// Binds the gateway listener with a listen backlog of
+/// [`crate::limits::LISTEN_BACKLOG`]: a connect churn fills tokio's default
+/// (1024) between two runs of the accept loop, and the kernel then drops
+/// the display's SYN, which it retries only a second later.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(crate::limits::LISTEN_BACKLOG)
 }
 
 #[cfg(test)]
