@@ -314,6 +314,43 @@ pub fn unsafe_ancestor(dir: &Path, sticky_ok_for_dir: bool) -> Option<(PathBuf, 
     None
 }
 
+/// The first symbolic link on the way to `path` (each prefix as written,
+/// looked at with `lstat`) that anyone but root could have placed or could
+/// replace: owned by another uid, or in a directory that is not root's or
+/// that others can write (sticky root-owned directories excepted, where
+/// only root can replace root's link). Links root made in root's closed
+/// directories, such as `/var/run`, pass.
+fn untrusted_link(path: &Path) -> Option<(PathBuf, String)> {
+    let mut prefix = PathBuf::new();
+    for c in path.components() {
+        prefix.push(c);
+        let Ok(m) = std::fs::symlink_metadata(&prefix) else {
+            continue;
+        };
+        if !m.file_type().is_symlink() {
+            continue;
+        }
+        if m.uid() != 0 {
+            return Some((
+                prefix,
+                format!("is a symbolic link owned by uid {}, not root", m.uid()),
+            ));
+        }
+        let dir = prefix.parent().unwrap_or(Path::new("/"));
+        let canon = match std::fs::canonicalize(dir) {
+            Ok(c) => c,
+            Err(e) => return Some((prefix, format!("cannot resolve its directory: {e}"))),
+        };
+        if let Some((p, what)) = unsafe_ancestor(&canon, true) {
+            return Some((
+                prefix,
+                format!("is a symbolic link in {}, which {what}", p.display()),
+            ));
+        }
+    }
+    None
+}
+
 /// Creates each missing component of `dir` with `mode` (set explicitly,
 /// whatever the umask), as the current user.
 pub(crate) fn create_dirs(dir: &Path, mode: u32) -> std::io::Result<()> {
@@ -349,6 +386,19 @@ fn prepare_dir(d: &NeededDir, uid: Uid, gid: Gid) -> Result<(), PrivilegeError> 
         .skip(1)
         .find(|a| !a.as_os_str().is_empty() && a.exists())
         .unwrap_or(Path::new("."));
+    // The path as given, not only where it resolves: a link on the way that
+    // someone else could have placed (review of issue 14: the service user
+    // linked its own directory to a root-only one, and root created the
+    // state directory there) refuses the lot.
+    if let Some((p, what)) = untrusted_link(nearest) {
+        return Err(PrivilegeError::Dir {
+            path: p,
+            what: format!(
+                "{what}; refusing to prepare {} through it",
+                d.path.display()
+            ),
+        });
+    }
     let canon = std::fs::canonicalize(nearest)
         .map_err(|e| err(format!("cannot resolve {}: {e}", nearest.display())))?;
     let m = std::fs::metadata(&canon)

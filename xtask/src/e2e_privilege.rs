@@ -777,6 +777,42 @@ fn safe_parents(fx: &Fx) -> R {
             ));
         }
     }
+    // a link the service user planted in its own directory, pointing at a
+    // directory only root can write: root must not follow it (review of
+    // issue 14 reproduced root creating the state dir there)
+    let planted = fx.base.join("pw-svc-link");
+    let victim = fx.base.join("pw-victim");
+    for d in [&planted, &victim] {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+    }
+    std::os::unix::fs::chown(&planted, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    let link = planted.join("lnk");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&victim, &link).map_err(|e| e.to_string())?;
+    std::os::unix::fs::lchown(&link, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    for (i, state) in [link.join("pwn.d"), link.join("deeper/pwn.d")]
+        .iter()
+        .enumerate()
+    {
+        let st = state.display().to_string();
+        serve_refused(
+            fx,
+            &format!("pw-link-{i}"),
+            &empty,
+            &["--state-dir", &st],
+            &[&link.display().to_string(), "symbolic link"],
+        )?;
+    }
+    for made in ["pwn.d", "deeper"] {
+        if victim.join(made).exists() {
+            return Err(format!(
+                "root followed the planted link and created {}",
+                victim.join(made).display()
+            ));
+        }
+    }
     // a parent the service user owns: root makes nothing there, the user does
     let own = fx.base.join("pw-svc");
     std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
