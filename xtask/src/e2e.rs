@@ -118,8 +118,12 @@ impl Fx {
         use std::io::Write as _;
         let exe = self.base.join("bin/xtask-peer");
         if !exe.exists() {
-            let me = std::env::current_exe().map_err(|e| e.to_string())?;
-            std::fs::copy(&me, &exe).map_err(|e| format!("copy {}: {e}", me.display()))?;
+            // /proc/self/exe, not current_exe(): the running binary may
+            // have been rebuilt (replaced) since it started, as in a CI run,
+            // and its path then names a deleted file; the proc link still
+            // opens the running one.
+            let me = Path::new("/proc/self/exe");
+            std::fs::copy(me, &exe).map_err(|e| format!("copy {}: {e}", me.display()))?;
             std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
                 .map_err(|e| e.to_string())?;
         }
