@@ -624,27 +624,28 @@ fn write_config(path: &Path, text: &str, owner: (u32, u32), mode: u32) -> R {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())
 }
 
+/// `serve --user svc --listen 127.0.0.1:0 --config cfg --control
+/// run/NAME/c.sock`: the start every refusal case makes.
+fn svc_serve_cmd(fx: &Fx, name: &str, cfg: &Path) -> Result<Command, String> {
+    let u = svc(fx)?;
+    let mut cmd = screengate(fx);
+    cmd.args(["serve", "--user", &u.user, "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(cfg)
+        .arg("--control")
+        .arg(fx.base.join(format!("run/{name}/c.sock")));
+    Ok(cmd)
+}
+
 /// `serve --user svc --config cfg` (with its own state dir and control
 /// socket) must exit 64 at once with every `needles` in its output.
 fn serve_refused(fx: &Fx, name: &str, cfg: &Path, extra: &[&str], needles: &[&str]) -> R {
-    let u = svc(fx)?;
-    let mut cmd = screengate(fx);
-    cmd.args([
-        "serve",
-        "--user",
-        &u.user,
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-    ])
-    .arg(cfg)
-    .args(extra);
+    let mut cmd = svc_serve_cmd(fx, name, cfg)?;
+    cmd.args(extra);
     if !extra.contains(&"--state-dir") {
         cmd.arg("--state-dir")
             .arg(fx.base.join(format!("state-{name}")));
     }
-    cmd.arg("--control")
-        .arg(fx.base.join(format!("run/{name}/c.sock")));
     let (st, out, groups) = run_briefly(&mut cmd, &fx.base.join(format!("{name}.out")), 5)?;
     match st {
         None => Err(format!(
@@ -700,19 +701,7 @@ fn untrusted_config(fx: &Fx) -> R {
     let cfg = fx.base.join("cfg-0666.toml");
     let body = format!("state_dir = \"{}\"\n", chosen.display());
     write_config(&cfg, &body, (0, 0), 0o666)?;
-    let u = svc(fx)?;
-    let mut cmd = screengate(fx);
-    cmd.args([
-        "serve",
-        "--user",
-        &u.user,
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-    ])
-    .arg(&cfg)
-    .arg("--control")
-    .arg(fx.base.join("run/cfg0666/c.sock"));
+    let mut cmd = svc_serve_cmd(fx, "cfg0666", &cfg)?;
     let (st, out, _) = run_briefly(&mut cmd, &fx.base.join("cfg0666.out"), 5)?;
     if st.map(|s| s.code()) != Some(Some(64)) || !out.contains(&cfg.display().to_string()) {
         return Err(format!("0666 config: {st:?}: {out}"));
