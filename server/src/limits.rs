@@ -18,6 +18,16 @@ pub const MAX_PENDING_CONNECTIONS: usize = 256;
 pub const PENDING_RESERVED_TLS: usize = 64;
 /// Time allowed to open the backend connection for a new session.
 pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `when_full = "replace_oldest"`: how long a newcomer waits for the slot
+/// of the session it replaced (that session's closes take at most two
+/// [`CLOSE_DEADLINE`]s: the WebSocket close, then the TLS close_notify).
+pub const REPLACE_WAIT: Duration = Duration::from_secs(3);
+/// `replace_oldest`: how long the backend's 409s are retried after the
+/// oldest session was told to close. Each attempt has its own
+/// [`BACKEND_CONNECT_TIMEOUT`].
+pub const REPLACE_RETRY_WINDOW: Duration = BACKEND_CONNECT_TIMEOUT;
+/// `replace_oldest`: pause between two attempts while the backend is busy.
+pub const REPLACE_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest control-socket request line; a longer one closes the connection.
 pub const MAX_CONTROL_LINE: usize = 4 * 1024;
 /// A control connection idle this long is closed.
