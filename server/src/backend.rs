@@ -171,9 +171,7 @@ impl Backend {
             // peer address, its peer is our local address. An accepted
             // socket carries the uid of the listener's owner.
             let owner = match (s.local_addr(), s.peer_addr()) {
-                (Ok(local), Ok(peer)) => {
-                    crate::peer_uid::tcp_socket_owner(peer, local).map_err(|e| e.to_string())
-                }
+                (Ok(local), Ok(peer)) => backend_socket_owner(peer, local).await,
                 (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
             };
             self.check_uid(target, owner)?;
@@ -245,6 +243,27 @@ impl Backend {
                 .await
                 .map_err(|source| handshake_error(target, tls, source))?;
         Ok(ws)
+    }
+}
+
+/// The owner of the backend's end of our connection. Our `connect` returns
+/// once the SYN-ACK arrived; the kernel makes the listener's child socket
+/// when our ACK is processed, which on loopback may be a moment later, so
+/// a socket not found yet is looked up again, a bounded number of times
+/// ([`crate::limits::BACKEND_UID_LOOKUPS`]). Anything else is final.
+async fn backend_socket_owner(peer: SocketAddr, local: SocketAddr) -> Result<u32, String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match crate::peer_uid::tcp_socket_owner(peer, local) {
+            Ok(uid) => return Ok(uid),
+            Err(crate::peer_uid::PeerUidError::NotFound { .. })
+                if tries < crate::limits::BACKEND_UID_LOOKUPS =>
+            {
+                tokio::time::sleep(crate::limits::BACKEND_UID_LOOKUP_PAUSE).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 

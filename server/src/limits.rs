@@ -18,6 +18,13 @@ pub const MAX_PENDING_CONNECTIONS: usize = 256;
 pub const PENDING_RESERVED_TLS: usize = 64;
 /// Time allowed to open the backend connection for a new session.
 pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Lookups of the owner of the backend's socket (`backend_uid`) before a
+/// socket not found counts as unknown (refused), and the pause between
+/// them: the kernel makes the accepted socket a moment after our connect
+/// returns. At most 20 × 5 ms, inside [`BACKEND_CONNECT_TIMEOUT`].
+pub const BACKEND_UID_LOOKUPS: u32 = 20;
+/// See [`BACKEND_UID_LOOKUPS`].
+pub const BACKEND_UID_LOOKUP_PAUSE: Duration = Duration::from_millis(5);
 /// `when_full = "replace_oldest"`: how long a newcomer waits for the slot
 /// of the session it replaced (that session's closes take at most two
 /// [`CLOSE_DEADLINE`]s: the WebSocket close, then the TLS close_notify).

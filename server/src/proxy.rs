@@ -376,27 +376,42 @@ where
     .await;
 }
 
-/// The backend's close: the frame (if owed) and the WebSocket close, then
-/// the transport shut down (TLS close_notify, FIN), each within
-/// [`CLOSE_DEADLINE`]. Without the shutdown a one-connection SDK would see
-/// the end only when the socket is dropped.
+/// The backend's close, in the order a one-connection SDK (websocketpp)
+/// needs to see the end at once and take the next session: our close
+/// frame (if owed) and the WebSocket close, flushed; then the transport
+/// shut down (TLS close_notify, FIN); then the socket kept open until the
+/// backend's own close reply and close_notify arrive (EOF), so they never
+/// meet a closed socket (an RST leaves websocketpp waiting out its 5 s
+/// shutdown timer). Each step within [`CLOSE_DEADLINE`]; a backend that does
+/// not answer is dropped.
 async fn finish_backend(
     tx: futures_util::stream::SplitSink<BackendStream, TMessage>,
     rx: futures_util::stream::SplitStream<BackendStream>,
     frame: Option<TMessage>,
 ) {
-    match tx.reunite(rx) {
-        Ok(mut ws) => {
-            finish(Some(&mut ws), frame).await;
-            let _ = tokio::time::timeout(
-                CLOSE_DEADLINE,
-                tokio::io::AsyncWriteExt::shutdown(ws.get_mut()),
-            )
-            .await;
-        }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ws = match tx.reunite(rx) {
+        Ok(ws) => ws,
         // not reached: both halves come from the same split
-        Err(e) => finish(Some(e.0), frame).await,
+        Err(e) => return finish(Some(e.0), frame).await,
+    };
+    finish(Some(&mut ws), frame).await;
+    let io = ws.get_mut();
+    if tokio::time::timeout(CLOSE_DEADLINE, io.shutdown())
+        .await
+        .is_err()
+    {
+        return;
     }
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, async {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = io.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 pub(crate) async fn run(

@@ -50,7 +50,10 @@ int main(int argc, char** argv) {
     server s;
     try {
         s.clear_access_channels(websocketpp::log::alevel::all);
-        s.clear_error_channels(websocketpp::log::elevel::all);
+        s.set_access_channels(websocketpp::log::alevel::disconnect |
+                              websocketpp::log::alevel::fail);
+        s.set_error_channels(websocketpp::log::elevel::all);
+        s.get_alog().set_ostream(&std::cerr);
         s.init_asio();
         s.set_reuse_addr(true);
         s.set_tls_init_handler(&on_tls_init);
