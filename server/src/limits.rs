@@ -31,8 +31,12 @@ pub const BACKEND_UID_LOOKUP_PAUSE: Duration = Duration::from_millis(5);
 pub const REPLACE_WAIT: Duration = Duration::from_secs(3);
 /// `replace_oldest`: how long the backend's 409s are retried after the
 /// oldest session was told to close. Each attempt has its own
-/// [`BACKEND_CONNECT_TIMEOUT`].
-pub const REPLACE_RETRY_WINDOW: Duration = BACKEND_CONNECT_TIMEOUT;
+/// [`BACKEND_CONNECT_TIMEOUT`]. Longer than that timeout: websocketpp (the
+/// SDK's server) at times frees its one slot only when its 5 s socket
+/// shutdown timer (`timeout_socket_shutdown`) runs out, although
+/// screengate sent close frame, close_notify and FIN (measured in e2e
+/// `sdk_busy_*`: 5.1-5.2 s); 3 s failed those runs.
+pub const REPLACE_RETRY_WINDOW: Duration = Duration::from_secs(6);
 /// `replace_oldest`: pause between two attempts while the backend is busy.
 pub const REPLACE_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest control-socket request line; a longer one closes the connection.
