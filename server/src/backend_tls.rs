@@ -276,3 +276,106 @@ mod tests {
         assert_eq!(classify_io(&plain), TlsFailure::Handshake);
     }
 }
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn cfg(dir: &Path) -> BackendTlsConfig {
+        BackendTlsConfig {
+            trust: BackendTrust::Ca(dir.join("ca.cert")),
+            client: Some((dir.join("client.chain"), dir.join("client.key"))),
+            server_name: "localhost".into(),
+        }
+    }
+
+    fn put(dir: &Path, name: &str, mode: u32) {
+        let p = dir.join(name);
+        std::fs::write(&p, b"-----BEGIN X-----\n-----END X-----\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn uid() -> u32 {
+        fsutil::euid()
+    }
+
+    #[test]
+    fn protected_files_pass_the_checks() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), "ca.cert", 0o644);
+        put(d.path(), "client.chain", 0o644);
+        put(d.path(), "client.key", 0o600);
+        assert!(check_files(&cfg(d.path()), uid()).is_empty());
+    }
+
+    #[test]
+    fn a_readable_key_is_refused_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), "ca.cert", 0o644);
+        put(d.path(), "client.chain", 0o644);
+        for mode in [0o644, 0o640, 0o604] {
+            put(d.path(), "client.key", mode);
+            let p = check_files(&cfg(d.path()), uid());
+            assert_eq!(p.len(), 1, "{mode:o}");
+            let m = p[0].to_string();
+            assert!(
+                m.contains("client.key") && m.contains(&format!("{mode:04o}")),
+                "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn writable_chain_or_ca_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), "client.key", 0o600);
+        put(d.path(), "ca.cert", 0o666);
+        put(d.path(), "client.chain", 0o664);
+        let p: Vec<String> = check_files(&cfg(d.path()), uid())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().any(|m| m.contains("ca.cert")));
+        assert!(p.iter().any(|m| m.contains("client.chain")));
+    }
+
+    #[test]
+    fn links_and_missing_files_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), "ca.cert", 0o644);
+        put(d.path(), "client.chain", 0o644);
+        put(d.path(), "real.key", 0o600);
+        std::os::unix::fs::symlink(d.path().join("real.key"), d.path().join("client.key")).unwrap();
+        let p = check_files(&cfg(d.path()), uid());
+        assert!(p[0].to_string().contains("symbolic link"), "{}", p[0]);
+        std::fs::remove_file(d.path().join("client.key")).unwrap();
+        let p = check_files(&cfg(d.path()), uid());
+        assert!(p[0].to_string().contains("client.key"), "{}", p[0]);
+        // and the connector refuses before reading anything
+        assert!(matches!(
+            connector(&cfg(d.path()), uid()),
+            Err(BackendTlsError::Permissions(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_pem_is_refused_naming_the_file_not_its_content() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), "ca.cert", 0o644);
+        put(d.path(), "client.chain", 0o644);
+        std::fs::write(d.path().join("client.key"), b"SECRET-KEY-BYTES").unwrap();
+        std::fs::set_permissions(
+            d.path().join("client.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let Err(e) = connector(&cfg(d.path()), uid()) else {
+            panic!("garbage accepted");
+        };
+        let e = e.to_string();
+        assert!(!e.contains("SECRET-KEY-BYTES"), "{e}");
+        assert!(e.contains("ca.cert") || e.contains("client"), "{e}");
+    }
+}
