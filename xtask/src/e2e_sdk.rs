@@ -29,6 +29,7 @@ use crate::proc::ServerProc;
 
 pub const CASES: &[&str] = &[
     "sdk_echo_over_wss_with_client_cert",
+    "sdk_echo_with_pkcs1_and_sec1_client_keys",
     "sdk_no_client_cert_503_client_cert_refused_token_kept",
     "sdk_impostor_from_another_ca_503_untrusted_then_same_token_works",
     "sdk_wrong_spki_pin_503_untrusted",
@@ -52,6 +53,7 @@ const SOURCE: &str = include_str!("../assets/sdk_ipc_server.cpp");
 pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     Some(match name {
         "sdk_echo_over_wss_with_client_cert" => echo_over_wss(fx).await,
+        "sdk_echo_with_pkcs1_and_sec1_client_keys" => other_key_formats(fx).await,
         "sdk_no_client_cert_503_client_cert_refused_token_kept" => no_client_cert(fx).await,
         "sdk_impostor_from_another_ca_503_untrusted_then_same_token_works" => impostor(fx).await,
         "sdk_wrong_spki_pin_503_untrusted" => wrong_pin(fx).await,
@@ -485,6 +487,118 @@ async fn echo_over_wss(fx: &Fx) -> R {
     let _ = ws.close(None).await;
     if !sdk.log_text().contains("sdk: open") {
         return Err(format!("the stand-in saw no session: {}", sdk.log_text()));
+    }
+    Ok(())
+}
+
+/// The same client certificate's key as PKCS#1 (`BEGIN RSA PRIVATE KEY`),
+/// and an EC client certificate whose key is SEC1 (`BEGIN EC PRIVATE KEY`).
+async fn other_key_formats(fx: &Fx) -> R {
+    let pki = Pki::make(fx, "keyfmt", false)?;
+    let d = &pki.dir;
+    openssl(
+        d,
+        &[
+            "rsa",
+            "-in",
+            "client.key",
+            "-traditional",
+            "-out",
+            "pkcs1.key",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "sec1.key",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "sec1.key",
+            "-out",
+            "ec.csr",
+            "-subj",
+            "/CN=screengate-ec",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "ec.csr",
+            "-CA",
+            "ca.cert",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "7",
+            "-out",
+            "ec.cert",
+            "-extfile",
+            "client.ext",
+        ],
+    )?;
+    let ec_chain = format!(
+        "{}{}",
+        std::fs::read_to_string(d.join("ec.cert")).map_err(|e| e.to_string())?,
+        std::fs::read_to_string(d.join("ca.cert")).map_err(|e| e.to_string())?
+    );
+    std::fs::write(d.join("ec.chain"), ec_chain).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(d.join("ec.chain"), std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    for (key, head) in [
+        ("pkcs1.key", "BEGIN RSA PRIVATE KEY"),
+        ("sec1.key", "BEGIN EC PRIVATE KEY"),
+    ] {
+        let k = d.join(key);
+        let text = std::fs::read_to_string(&k).map_err(|e| e.to_string())?;
+        if !text.contains(head) {
+            return Err(format!("{key} is not {head}"));
+        }
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(&k, Some(fx.svc_uid()), None).map_err(|e| e.to_string())?;
+    }
+    let sdk = Sdk::start(fx, "keyfmt", &pki, &pki, 0, None)?;
+    let base = tls_config(&pki, sdk.port, "", "", true);
+    let key = pki.path("client.key").display().to_string();
+    let chain = pki.path("client.chain").display().to_string();
+    for (name, key_file, chain_file) in [
+        ("sdk-pkcs1", "pkcs1.key", "client.chain"),
+        ("sdk-sec1", "sec1.key", "ec.chain"),
+    ] {
+        let toml = base
+            .replace(&key, &pki.path(key_file).display().to_string())
+            .replace(&chain, &pki.path(chain_file).display().to_string());
+        let g = gate(fx, name, &toml).await?;
+        let t = g.mint(fx).await?;
+        let mut ws = g.open(&t).await.map_err(|e| format!("{key_file}: {e}"))?;
+        echo_ok(&mut ws, &format!("client key {key_file}")).await?;
+        let _ = ws.close(None).await;
+        drop(ws);
+        // the SDK takes one connection: let it see this one end
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while sdk.log_text().matches("sdk: close").count() < if name == "sdk-pkcs1" { 1 } else { 2 }
+        {
+            if Instant::now() > deadline {
+                return Err(format!("the SDK never saw {key_file}'s session end"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     Ok(())
 }
