@@ -699,6 +699,67 @@ mod tests {
     }
 
     #[test]
+    fn every_backend_failure_is_503_with_its_own_reason() {
+        use crate::backend::BackendError;
+        use crate::backend_tls::TlsFailure;
+        let t = || "wss://localhost:8933/".to_owned();
+        let cases = [
+            (BackendError::Busy { target: t() }, "backend_busy"),
+            (
+                BackendError::UidMismatch {
+                    target: t(),
+                    expected: 1001,
+                    actual: 1002,
+                },
+                "backend_uid_mismatch",
+            ),
+            (
+                BackendError::UidUnknown {
+                    target: t(),
+                    detail: String::new(),
+                },
+                "backend_uid_unknown",
+            ),
+            (BackendError::Timeout { target: t() }, "backend_unavailable"),
+            (
+                BackendError::Connect {
+                    target: t(),
+                    source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                },
+                "backend_unavailable",
+            ),
+        ];
+        let tls = [
+            (TlsFailure::Handshake, "backend_tls_handshake"),
+            (TlsFailure::CertUntrusted, "backend_cert_untrusted"),
+            (TlsFailure::CertExpired, "backend_cert_expired"),
+            (TlsFailure::ClientCertRefused, "backend_client_cert_refused"),
+        ];
+        let mut all: Vec<(BackendError, &str)> = cases.into_iter().collect();
+        all.extend(tls.into_iter().map(|(kind, r)| {
+            (
+                BackendError::Tls {
+                    target: t(),
+                    kind,
+                    detail: String::new(),
+                },
+                r,
+            )
+        }));
+        for (e, want) in &all {
+            assert_eq!(e.reason(), *want);
+            let r = Refusal::Backend(e.reason());
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{want}");
+            assert_eq!(r.reason(), *want);
+        }
+        assert_eq!(all[1].0.uids(), Some((1001, 1002)));
+        assert_eq!(all[0].0.uids(), None);
+        // the message names both uids, for the operator's log
+        let m = all[1].0.to_string();
+        assert!(m.contains("1001") && m.contains("1002"), "{m}");
+    }
+
+    #[test]
     fn good_request_passes_to_token_check() {
         assert_eq!(check(&[H, O, T], "/ws").unwrap(), "tok");
     }
