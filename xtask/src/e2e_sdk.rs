@@ -299,7 +299,8 @@ impl Sdk {
         user: Option<&TempUser>,
     ) -> Result<Self, String> {
         let bin = sdk_bin(fx)?;
-        let log = fx.base.join(format!("sdk-{name}.log"));
+        // not `sdk-*.log`: that is where the gates named `sdk-*` log
+        let log = fx.base.join(format!("standin-{name}.log"));
         let logf = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let mut cmd = match user {
             Some(u) => u.command(&bin, false),
@@ -798,11 +799,18 @@ async fn busy_replace(fx: &Fx) -> R {
     };
     echo_ok(&mut second, "second display").await?;
     let _ = second.close(None).await;
-    let log = g.proc.log_text();
-    if !log.contains("replaced") || !log.contains("replacing_oldest") {
-        return Err(format!("no replacement in the audit log: {}", tail(&log)));
+    // the replaced session's audit line follows its teardown (up to 2 s)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = g.proc.log_text();
+        if log.contains("end=\"replaced\"") && log.contains("replacing_oldest") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no end=replaced in the audit log: {}", tail(&log)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
 }
 
 async fn other_uid(fx: &Fx) -> R {
