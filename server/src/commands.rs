@@ -65,6 +65,18 @@ pub fn check(cfg: Result<Config, ConfigError>) -> Vec<String> {
                 .map(ToString::to_string),
         );
     }
+    // The SDK's client key, chain and CA, under the same rules as our own
+    // keys; then read and parsed exactly as `serve` does.
+    if let Some(t) = &cfg.backend_tls {
+        let files = crate::backend_tls::check_files(t, uid);
+        if files.is_empty() {
+            if let Err(e) = crate::backend_tls::connector(t, uid) {
+                problems.push(e.to_string());
+            }
+        } else {
+            problems.extend(files.iter().map(|e| format!("[backend_tls] {e}")));
+        }
+    }
     let state = StateDir::new(&cfg.state_dir, cfg.credentials_dir.clone());
     if !state.path().exists() {
         problems.push(format!(

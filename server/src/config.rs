@@ -90,6 +90,25 @@ pub struct FileConfig {
     /// `[native]`.
     #[serde(default)]
     pub native: NativeSection,
+    /// `[backend_tls]`: required for a `wss://` backend, refused otherwise.
+    pub backend_tls: Option<BackendTlsSection>,
+}
+
+/// `[backend_tls]`: how screengate authenticates the SDK's TLS server and
+/// itself to it (docs/sdk-integration.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsSection {
+    /// PEM trust anchors for the SDK's server certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM chain presented to the SDK.
+    pub client_cert: Option<PathBuf>,
+    /// Its key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), PEM.
+    pub client_key: Option<PathBuf>,
+    /// Name checked in the SDK's certificate; default: the URL's host.
+    pub server_name: Option<String>,
+    /// base64 sha256 of the SDK's SubjectPublicKeyInfo, instead of `ca`.
+    pub spki_pin: Option<String>,
 }
 
 /// `[gateway]`.
@@ -102,8 +121,12 @@ pub struct GatewaySection {
     pub path: Option<String>,
     /// Exact allowed `Origin` values.
     pub allowed_origins: Option<Vec<String>>,
-    /// `demo`, `unix:PATH` or `ws://HOST:PORT/PATH`.
+    /// `demo`, `unix:PATH`, `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`.
     pub backend: Option<String>,
+    /// Uid that must own the backend's socket.
+    pub backend_uid: Option<u32>,
+    /// `"refuse"` (default) or `"replace_oldest"`.
+    pub when_full: Option<String>,
     /// Directory served at `/` instead of the built-in demo page.
     pub web_root: Option<PathBuf>,
     /// Largest WebSocket message in bytes.
@@ -242,6 +265,48 @@ pub enum BackendSpec {
         /// Request path.
         path: String,
     },
+    /// A TLS WebSocket server on loopback (the SDK's release build);
+    /// `[backend_tls]` says how to authenticate it.
+    Wss {
+        /// `host:port` for the TCP connection and Host header.
+        authority: String,
+        /// The URL's host (the default TLS server name).
+        host: String,
+        /// Resolved loopback socket address.
+        addr: SocketAddr,
+        /// Request path.
+        path: String,
+    },
+}
+
+/// What to do when `max_sessions` is reached or the backend answers 409.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// 503, the token kept.
+    Refuse,
+    /// Close the oldest session, then connect again.
+    ReplaceOldest,
+}
+
+/// How the SDK's server certificate is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendTrust {
+    /// CA-verified (dates checked), PEM file.
+    Ca(PathBuf),
+    /// The SDK's key pinned (dates ignored).
+    Pin(screengate_identity::Pin),
+}
+
+/// The resolved `[backend_tls]`. Only paths: the files are read, and their
+/// protection checked, when the server binds (and by `check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTlsConfig {
+    /// Trust for the SDK's certificate.
+    pub trust: BackendTrust,
+    /// Client chain and key presented to the SDK, if any.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// The TLS server name (SNI and certificate name check).
+    pub server_name: String,
 }
 
 impl std::fmt::Display for BackendSpec {
@@ -252,6 +317,9 @@ impl std::fmt::Display for BackendSpec {
             BackendSpec::Ws {
                 authority, path, ..
             } => write!(f, "ws://{authority}{path}"),
+            BackendSpec::Wss {
+                authority, path, ..
+            } => write!(f, "wss://{authority}{path}"),
         }
     }
 }
@@ -275,6 +343,12 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     /// Backend.
     pub backend: BackendSpec,
+    /// `[backend_tls]`, resolved (present exactly for `wss://`).
+    pub backend_tls: Option<BackendTlsConfig>,
+    /// Uid that must own the backend's socket.
+    pub backend_uid: Option<u32>,
+    /// When every slot is taken or the backend answers 409.
+    pub when_full: WhenFull,
     /// Web root, or the built-in demo page.
     pub web_root: Option<PathBuf>,
     /// Largest WebSocket message.
@@ -562,6 +636,27 @@ impl Config {
             .unwrap_or_else(|| "demo".into());
         let backend =
             parse_backend(&backend_text).map_err(|m| invalid(backend_flag, "backend", m))?;
+        let backend_tls = resolve_backend_tls(&backend, file.backend_tls)
+            .map_err(|(key, m)| invalid(backend_flag && key == "backend", key, m))?;
+        let backend_uid = file.gateway.backend_uid;
+        if backend_uid.is_some() && backend == BackendSpec::Demo {
+            return Err(invalid(
+                false,
+                "backend_uid",
+                "the demo backend runs inside screengate; backend_uid is for unix:, ws:// and wss:// backends".into(),
+            ));
+        }
+        let when_full = match file.gateway.when_full.as_deref() {
+            None | Some("refuse") => WhenFull::Refuse,
+            Some("replace_oldest") => WhenFull::ReplaceOldest,
+            Some(other) => {
+                return Err(invalid(
+                    false,
+                    "when_full",
+                    format!("`{other}` is not refuse or replace_oldest"),
+                ));
+            }
+        };
 
         let max_message_size = file.gateway.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE);
         if !(1024..=MAX_MAX_MESSAGE).contains(&max_message_size) {
@@ -743,6 +838,9 @@ impl Config {
             path,
             allowed_origins,
             backend,
+            backend_tls,
+            backend_uid,
+            when_full,
             web_root: file.gateway.web_root,
             max_message_size,
             max_sessions,
@@ -797,7 +895,81 @@ fn parse_token_header(text: &str) -> Result<HeaderName, String> {
     Ok(name)
 }
 
-/// Parses `demo`, `unix:/abs/path` or `ws://loopback-host:port/path`.
+/// `[backend_tls]` against the backend's scheme: required for `wss://`,
+/// refused for anything else; `ca` xor `spki_pin`; the client chain and key
+/// together or not at all. The error is the key at fault and the message.
+fn resolve_backend_tls(
+    backend: &BackendSpec,
+    section: Option<BackendTlsSection>,
+) -> Result<Option<BackendTlsConfig>, (&'static str, String)> {
+    let host = match (backend, section.is_some()) {
+        (BackendSpec::Wss { host, .. }, true) => host.clone(),
+        (BackendSpec::Wss { .. }, false) => {
+            return Err((
+                "backend",
+                "a wss:// backend needs a [backend_tls] table (ca or spki_pin; client_cert and client_key)".into(),
+            ));
+        }
+        (BackendSpec::Ws { .. }, true) => {
+            return Err((
+                "backend_tls",
+                "[backend_tls] is set but the backend is plain ws://; use wss:// (TLS settings are never silently ignored)".into(),
+            ));
+        }
+        (_, true) => {
+            return Err((
+                "backend_tls",
+                "[backend_tls] is only for a wss:// backend".into(),
+            ));
+        }
+        (_, false) => return Ok(None),
+    };
+    let Some(s) = section else { return Ok(None) };
+    let trust = match (s.ca, s.spki_pin) {
+        (Some(ca), None) => BackendTrust::Ca(ca),
+        (None, Some(pin)) => BackendTrust::Pin(screengate_identity::Pin::parse(&pin).ok_or((
+            "spki_pin",
+            format!("`{pin}` is not a base64 SHA-256 SPKI pin (44 characters)"),
+        ))?),
+        (Some(_), Some(_)) => {
+            return Err(("spki_pin", "set either ca or spki_pin, not both".into()));
+        }
+        (None, None) => {
+            return Err((
+                "ca",
+                "[backend_tls] needs ca (the SDK's CA file) or spki_pin".into(),
+            ));
+        }
+    };
+    let client = match (s.client_cert, s.client_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(("client_key", "client_cert is set without client_key".into()));
+        }
+        (None, Some(_)) => {
+            return Err((
+                "client_cert",
+                "client_key is set without client_cert".into(),
+            ));
+        }
+    };
+    let server_name = s.server_name.unwrap_or(host);
+    if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+        return Err((
+            "server_name",
+            format!("`{server_name}` is not a DNS name or IP address"),
+        ));
+    }
+    Ok(Some(BackendTlsConfig {
+        trust,
+        client,
+        server_name,
+    }))
+}
+
+/// Parses `demo`, `unix:/abs/path`, `ws://loopback-host:port/path` or
+/// `wss://loopback-host:port/path`.
 pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
     if text == "demo" {
         return Ok(BackendSpec::Demo);
@@ -809,7 +981,12 @@ pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
         }
         return Ok(BackendSpec::Unix(p));
     }
-    if let Some(rest) = text.strip_prefix("ws://") {
+    let (tls, rest) = match (text.strip_prefix("ws://"), text.strip_prefix("wss://")) {
+        (Some(r), _) => (false, Some(r)),
+        (None, Some(r)) => (true, Some(r)),
+        (None, None) => (false, None),
+    };
+    if let Some(rest) = rest {
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, "/"),
@@ -820,11 +997,23 @@ pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
                 SocketAddr::from(([127, 0, 0, 1], port))
             }
             _ => authority.parse().map_err(|_| {
-                format!("`{text}`: expected ws://HOST:PORT/PATH with a loopback HOST")
+                format!("`{text}`: expected ws(s)://HOST:PORT/PATH with a loopback HOST")
             })?,
         };
         if !addr.ip().is_loopback() {
             return Err(format!("`{text}`: the backend must be on loopback"));
+        }
+        if tls {
+            let host = match authority.rsplit_once(':') {
+                Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                None => authority.to_owned(),
+            };
+            return Ok(BackendSpec::Wss {
+                authority: authority.to_owned(),
+                host,
+                addr,
+                path: path.to_owned(),
+            });
         }
         return Ok(BackendSpec::Ws {
             authority: authority.to_owned(),
@@ -833,7 +1022,7 @@ pub fn parse_backend(text: &str) -> Result<BackendSpec, String> {
         });
     }
     Err(format!(
-        "`{text}` is not a backend; expected demo, unix:PATH or ws://HOST:PORT/PATH"
+        "`{text}` is not a backend; expected demo, unix:PATH, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH"
     ))
 }
 
@@ -1147,5 +1336,118 @@ group = "display"
         assert!(resolve("[gateway]\npath = \"/\"", Overrides::default()).is_err());
         assert!(resolve("[control]\nallowed_uids = []", Overrides::default()).is_err());
         assert!(resolve("[gateway]\nlisten = 5", Overrides::default()).is_err());
+    }
+
+    const PIN: &str = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+
+    fn wss(gateway: &str, tls: &str) -> Result<Config, ConfigError> {
+        resolve(
+            &format!("[gateway]\nbackend = \"wss://localhost:8933/\"\n{gateway}\n{tls}"),
+            Overrides::default(),
+        )
+    }
+
+    fn err(r: Result<Config, ConfigError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn wss_with_ca_and_client_cert_parses() {
+        let c = wss(
+            "backend_uid = 1001\nwhen_full = \"replace_oldest\"",
+            "[backend_tls]\nca = \"/c/ca\"\nclient_cert = \"/c/ch\"\nclient_key = \"/c/k\"",
+        )
+        .unwrap();
+        assert!(matches!(c.backend, BackendSpec::Wss { ref host, .. } if host == "localhost"));
+        assert_eq!(c.backend.to_string(), "wss://localhost:8933/");
+        assert_eq!(c.backend_uid, Some(1001));
+        assert_eq!(c.when_full, WhenFull::ReplaceOldest);
+        let t = c.backend_tls.unwrap();
+        assert_eq!(t.trust, BackendTrust::Ca("/c/ca".into()));
+        assert_eq!(t.client, Some(("/c/ch".into(), "/c/k".into())));
+        assert_eq!(t.server_name, "localhost");
+        let c = wss(
+            "",
+            &format!("[backend_tls]\nspki_pin = \"{PIN}\"\nserver_name = \"sdk.local\""),
+        )
+        .unwrap();
+        let t = c.backend_tls.unwrap();
+        assert!(matches!(t.trust, BackendTrust::Pin(_)));
+        assert_eq!(t.client, None);
+        assert_eq!(t.server_name, "sdk.local");
+        assert_eq!(c.when_full, WhenFull::Refuse);
+        let c = resolve(
+            "[gateway]\nbackend = \"wss://127.0.0.1:9/\"\n[backend_tls]\nca = \"/ca\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.backend_tls.unwrap().server_name, "127.0.0.1");
+    }
+
+    #[test]
+    fn ws_with_backend_tls_is_refused_use_wss() {
+        let e = err(resolve(
+            "[gateway]\nbackend = \"ws://localhost:8933/\"\n[backend_tls]\nca = \"/ca\"",
+            Overrides::default(),
+        ));
+        assert!(e.contains("use wss://") && e.contains("backend_tls"), "{e}");
+    }
+
+    #[test]
+    fn backend_tls_refusals_name_the_key() {
+        for (gateway, tls, key) in [
+            ("", "", "`backend`"),
+            ("", "[backend_tls]", "`ca`"),
+            (
+                "",
+                &*format!("[backend_tls]\nca = \"/ca\"\nspki_pin = \"{PIN}\""),
+                "`spki_pin`",
+            ),
+            ("", "[backend_tls]\nspki_pin = \"short\"", "`spki_pin`"),
+            (
+                "",
+                "[backend_tls]\nca = \"/ca\"\nclient_cert = \"/c\"",
+                "`client_key`",
+            ),
+            (
+                "",
+                "[backend_tls]\nca = \"/ca\"\nclient_key = \"/k\"",
+                "`client_cert`",
+            ),
+            (
+                "",
+                "[backend_tls]\nca = \"/ca\"\nserver_name = \"a b\"",
+                "`server_name`",
+            ),
+            (
+                "when_full = \"evict\"",
+                "[backend_tls]\nca = \"/ca\"",
+                "`when_full`",
+            ),
+            (
+                "",
+                "[backend_tls]\nca = \"/ca\"\ncrl = \"/x\"",
+                "unknown field",
+            ),
+        ] {
+            let e = err(wss(gateway, tls));
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        for backend in ["demo", "unix:/run/sdk.sock"] {
+            let e = err(resolve(
+                &format!("[gateway]\nbackend = \"{backend}\"\n[backend_tls]\nca = \"/ca\""),
+                Overrides::default(),
+            ));
+            assert!(e.contains("only for a wss://"), "{e}");
+        }
+        let e = err(resolve("[gateway]\nbackend_uid = 5", Overrides::default()));
+        assert!(e.contains("backend_uid"), "{e}");
+        for b in [
+            "wss://10.0.0.1:8933/",
+            "wss://example.com:8933/",
+            "wss://localhost",
+        ] {
+            assert!(parse_backend(b).is_err(), "{b}");
+        }
     }
 }

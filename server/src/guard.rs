@@ -12,7 +12,12 @@
 //! 3. `Origin` equals an allowed origin byte for byte            → 403;
 //! 4. the token verifies for channel `display`, unexpired       → 403;
 //! 5. a session slot is free                                      → 503;
-//! 6. the backend connects (token NOT consumed on failure)        → 503;
+//!    (`when_full = "replace_oldest"`: the oldest session is closed and
+//!    its slot awaited instead);
+//! 6. the backend connects and authenticates: `backend_uid`, TLS (token NOT
+//!    consumed on failure, a typed reason: `backend_busy` for a 409,
+//!    `backend_cert_untrusted`, …)                                 → 503;
+//!    (`replace_oldest`: a 409 closes the oldest session, then retries);
 //! 7. the token is consumed atomically (exactly one racer wins)   → 403;
 //! 8. 101, and the proxy takes a [`Session`] only this module builds.
 //!
@@ -31,6 +36,7 @@ use screengate_token::{Channel, Consumed, Rejection};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit;
+use crate::config::WhenFull;
 use crate::gateway::Peer;
 use crate::server::Shared;
 
@@ -55,8 +61,9 @@ pub enum Refusal {
     Token(Rejection),
     /// All session slots are taken → 503.
     SessionLimit,
-    /// The backend could not be reached → 503.
-    BackendUnavailable,
+    /// The backend could not be reached or authenticated → 503; the
+    /// reason is [`crate::backend::BackendError::reason`].
+    Backend(&'static str),
 }
 
 impl Refusal {
@@ -72,16 +79,16 @@ impl Refusal {
             Refusal::MissingToken => "missing_token",
             Refusal::Token(r) => r.as_str(),
             Refusal::SessionLimit => "session_limit",
-            Refusal::BackendUnavailable => "backend_unavailable",
+            Refusal::Backend(r) => r,
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Refusal::SessionLimit
-            | Refusal::BackendUnavailable
-            | Refusal::Token(Rejection::LedgerFull) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::SessionLimit | Refusal::Backend(_) | Refusal::Token(Rejection::LedgerFull) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -235,10 +242,17 @@ pub(crate) enum SessionAuth {
 pub(crate) struct Session {
     auth: SessionAuth,
     pub peer: Peer,
+    /// Its place among the live sessions (leaves on drop).
+    entry: crate::roster::Entry,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Session {
+    /// Notified when a newer session replaces this one.
+    pub fn replaced(&self) -> Arc<tokio::sync::Notify> {
+        self.entry.replaced.clone()
+    }
+
     /// A label for logs: the token-id prefix, or `client-cert`.
     pub fn label(&self) -> String {
         match &self.auth {
@@ -293,6 +307,79 @@ fn refuse(peer: &Peer, uid: Option<u32>, refusal: Refusal, token_id: Option<Stri
             token_id = token_id.as_deref().unwrap_or("-"), suppressed_before = suppressed);
     }
     refusal.into_response()
+}
+
+/// A backend failure: the detail to the log, the typed reason (with both
+/// uids for `backend_uid_mismatch`) to the audit log, 503 to the peer.
+fn refuse_backend(
+    peer: &Peer,
+    uid: Option<u32>,
+    e: &crate::backend::BackendError,
+    token_id: Option<String>,
+) -> Response {
+    tracing::warn!(error = %e, "backend connect failed; token not consumed");
+    if let Some(suppressed) = rejection_log_slot() {
+        let (expected, actual) = e.uids().unzip();
+        audit!(warn, event = "rejected", reason = e.reason(), peer = %peer, peer_uid = uid,
+            token_id = token_id.as_deref().unwrap_or("-"), backend_uid_expected = expected,
+            backend_uid_actual = actual, suppressed_before = suppressed);
+    }
+    Refusal::Backend(e.reason()).into_response()
+}
+
+/// Connects the backend. With `replace_oldest`, a 409 (the SDK serves one
+/// connection) closes the oldest session, unless one was already closed for
+/// this admission (`replaced`), and retries the 409s for
+/// [`crate::limits::REPLACE_RETRY_WINDOW`], each attempt with its own
+/// connect deadline.
+async fn connect_backend(
+    shared: &Shared,
+    mut replaced: bool,
+    token_id: Option<&str>,
+) -> Result<crate::backend::BackendStream, crate::backend::BackendError> {
+    use crate::backend::BackendError;
+    let first = shared.backend.connect().await;
+    let busy = matches!(first, Err(BackendError::Busy { .. }));
+    if !busy || shared.cfg.when_full != WhenFull::ReplaceOldest {
+        return first;
+    }
+    if !replaced {
+        replaced = shared.roster.replace_oldest();
+        if replaced {
+            audit!(
+                info,
+                event = "replacing_oldest",
+                cause = "backend_busy",
+                token_id = token_id.unwrap_or("-")
+            );
+        }
+    }
+    if !replaced {
+        // Busy with a connection that is not one of our sessions.
+        return first;
+    }
+    let deadline = tokio::time::Instant::now() + crate::limits::REPLACE_RETRY_WINDOW;
+    let mut attempt = 1u32;
+    loop {
+        tokio::time::sleep(crate::limits::REPLACE_RETRY_INTERVAL).await;
+        attempt += 1;
+        match shared.backend.connect().await {
+            Err(e)
+                if tokio::time::Instant::now() < deadline
+                    && matches!(e, BackendError::Busy { .. }) =>
+            {
+                tracing::debug!(attempt, error = %e, "backend still busy after the replacement; retrying");
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "backend connect after the replacement failed");
+                return Err(e);
+            }
+            Ok(b) => {
+                tracing::debug!(attempt, "backend connected after the replacement");
+                return Ok(b);
+            }
+        }
+    }
 }
 
 /// Step 0 as a pure decision: the kernel's answer (the owner of the
@@ -367,17 +454,36 @@ async fn admit(
         },
     };
     let id = verified.as_ref().map(|v| v.id().prefix());
-    let Ok(slot) = shared.sessions.clone().try_acquire_owned() else {
-        return refuse(&peer, uid, Refusal::SessionLimit, id);
-    };
-    let backend =
-        match crate::backend::connect(&shared.cfg.backend, shared.cfg.max_message_size).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "backend connect failed");
-                return refuse(&peer, uid, Refusal::BackendUnavailable, id);
+    let mut replaced = false;
+    let slot = match shared.sessions.clone().try_acquire_owned() {
+        Ok(s) => s,
+        Err(_)
+            if shared.cfg.when_full == WhenFull::ReplaceOldest
+                && shared.roster.replace_oldest() =>
+        {
+            audit!(
+                info,
+                event = "replacing_oldest",
+                cause = "session_limit",
+                token_id = id.as_deref().unwrap_or("-")
+            );
+            replaced = true;
+            match tokio::time::timeout(
+                crate::limits::REPLACE_WAIT,
+                shared.sessions.clone().acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                _ => return refuse(&peer, uid, Refusal::SessionLimit, id),
             }
-        };
+        }
+        Err(_) => return refuse(&peer, uid, Refusal::SessionLimit, id),
+    };
+    let backend = match connect_backend(&shared, replaced, id.as_deref()).await {
+        Ok(b) => b,
+        Err(e) => return refuse_backend(&peer, uid, &e, id),
+    };
     let auth = match verified {
         None => SessionAuth::PinnedClientCert,
         Some(v) => match shared.authority.consume(v) {
@@ -388,6 +494,7 @@ async fn admit(
     let session = Session {
         auth,
         peer,
+        entry: shared.roster.join(),
         _slot: slot,
     };
     audit!(info, event = "accepted", peer = %session.peer, peer_uid = uid, token_id = %session.label(), channel = channel.as_str());
@@ -589,6 +696,67 @@ mod tests {
             Refusal::Token(Rejection::Replayed).status(),
             StatusCode::FORBIDDEN
         );
+    }
+
+    #[test]
+    fn every_backend_failure_is_503_with_its_own_reason() {
+        use crate::backend::BackendError;
+        use crate::backend_tls::TlsFailure;
+        let t = || "wss://localhost:8933/".to_owned();
+        let cases = [
+            (BackendError::Busy { target: t() }, "backend_busy"),
+            (
+                BackendError::UidMismatch {
+                    target: t(),
+                    expected: 1001,
+                    actual: 1002,
+                },
+                "backend_uid_mismatch",
+            ),
+            (
+                BackendError::UidUnknown {
+                    target: t(),
+                    detail: String::new(),
+                },
+                "backend_uid_unknown",
+            ),
+            (BackendError::Timeout { target: t() }, "backend_unavailable"),
+            (
+                BackendError::Connect {
+                    target: t(),
+                    source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                },
+                "backend_unavailable",
+            ),
+        ];
+        let tls = [
+            (TlsFailure::Handshake, "backend_tls_handshake"),
+            (TlsFailure::CertUntrusted, "backend_cert_untrusted"),
+            (TlsFailure::CertExpired, "backend_cert_expired"),
+            (TlsFailure::ClientCertRefused, "backend_client_cert_refused"),
+        ];
+        let mut all: Vec<(BackendError, &str)> = cases.into_iter().collect();
+        all.extend(tls.into_iter().map(|(kind, r)| {
+            (
+                BackendError::Tls {
+                    target: t(),
+                    kind,
+                    detail: String::new(),
+                },
+                r,
+            )
+        }));
+        for (e, want) in &all {
+            assert_eq!(e.reason(), *want);
+            let r = Refusal::Backend(e.reason());
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{want}");
+            assert_eq!(r.reason(), *want);
+        }
+        assert_eq!(all[1].0.uids(), Some((1001, 1002)));
+        assert_eq!(all[0].0.uids(), None);
+        // the message names both uids, for the operator's log
+        let m = all[1].0.to_string();
+        assert!(m.contains("1001") && m.contains("1002"), "{m}");
     }
 
     #[test]

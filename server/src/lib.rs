@@ -12,6 +12,7 @@
 
 pub mod audit;
 mod backend;
+mod backend_tls;
 pub mod commands;
 pub mod config;
 pub mod control;
@@ -24,6 +25,7 @@ pub mod peer_uid;
 mod pending;
 pub mod privilege;
 mod proxy;
+mod roster;
 mod server;
 mod tls;
 mod web;

@@ -18,6 +18,27 @@ pub const MAX_PENDING_CONNECTIONS: usize = 256;
 pub const PENDING_RESERVED_TLS: usize = 64;
 /// Time allowed to open the backend connection for a new session.
 pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Lookups of the owner of the backend's socket (`backend_uid`) before a
+/// socket not found counts as unknown (refused), and the pause between
+/// them: the kernel makes the accepted socket a moment after our connect
+/// returns. At most 20 × 5 ms, inside [`BACKEND_CONNECT_TIMEOUT`].
+pub const BACKEND_UID_LOOKUPS: u32 = 20;
+/// See [`BACKEND_UID_LOOKUPS`].
+pub const BACKEND_UID_LOOKUP_PAUSE: Duration = Duration::from_millis(5);
+/// `when_full = "replace_oldest"`: how long a newcomer waits for the slot
+/// of the session it replaced (that session's closes take at most two
+/// [`CLOSE_DEADLINE`]s: the WebSocket close, then the TLS close_notify).
+pub const REPLACE_WAIT: Duration = Duration::from_secs(3);
+/// `replace_oldest`: how long the backend's 409s are retried after the
+/// oldest session was told to close. Each attempt has its own
+/// [`BACKEND_CONNECT_TIMEOUT`]. Longer than that timeout: websocketpp (the
+/// SDK's server) at times frees its one slot only when its 5 s socket
+/// shutdown timer (`timeout_socket_shutdown`) runs out, although
+/// screengate sent close frame, close_notify and FIN (measured in e2e
+/// `sdk_busy_*`: 5.1-5.2 s); 3 s failed those runs.
+pub const REPLACE_RETRY_WINDOW: Duration = Duration::from_secs(6);
+/// `replace_oldest`: pause between two attempts while the backend is busy.
+pub const REPLACE_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest control-socket request line; a longer one closes the connection.
 pub const MAX_CONTROL_LINE: usize = 4 * 1024;
 /// A control connection idle this long is closed.

@@ -14,7 +14,11 @@
 //! Close codes: a side's close frame is forwarded to the other; the backend
 //! vanishing closes the client with 1011; a client that takes no bytes for
 //! [`WRITE_STALL`] gets 1008 "not reading", a backend that does the same
-//! gets 1011; server shutdown closes both with 1001; idle clients get 1008.
+//! gets 1011; server shutdown closes both with 1001; idle clients get 1008;
+//! a session replaced by a newer one (`when_full = "replace_oldest"`) gets
+//! 1000 "replaced by a newer session". After its close frame the backend's
+//! transport is shut down (TLS close_notify, then FIN), so a
+//! one-connection SDK sees the end at once and takes the next session.
 //! Pings are answered by each WebSocket layer itself, not forwarded. Every
 //! close is sent within [`CLOSE_DEADLINE`] or given up.
 
@@ -33,6 +37,8 @@ use crate::backend::BackendStream;
 use crate::guard::Session;
 pub use crate::limits::{CLOSE_DEADLINE, IDLE_TIMEOUT, PING_INTERVAL, WRITE_STALL};
 
+/// WebSocket close: normal (replaced by a newer session).
+const NORMAL: u16 = 1000;
 /// WebSocket close: going away (server shutdown).
 const GOING_AWAY: u16 = 1001;
 /// WebSocket close: internal error (backend gone or not reading).
@@ -131,7 +137,7 @@ async fn pump<St, Si, In, Out, E, C>(
     dir: Direction<In, Out, E, C>,
     heard: Option<(&AtomicU64, Instant)>,
     mut stop: watch::Receiver<bool>,
-) -> (Flow<C>, Si, u64)
+) -> (Flow<C>, St, Si, u64)
 where
     St: Stream<Item = Result<In, E>> + Unpin,
     Si: Sink<Out> + Unpin,
@@ -143,7 +149,7 @@ where
         // Wait for something to send.
         let first = tokio::select! {
             biased;
-            _ = stopped(&mut stop) => return (Flow::Stopped, sink, moved),
+            _ = stopped(&mut stop) => return (Flow::Stopped, src, sink, moved),
             _ = ping.tick(), if dir.ping.is_some() => None,
             m = src.next() => Some(m),
         };
@@ -152,7 +158,7 @@ where
                 if let Some(make) = dir.ping
                     && let Err(e) = bounded(sink.send(make()), &mut stop).await
                 {
-                    return (e.into(), sink, moved);
+                    return (e.into(), src, sink, moved);
                 }
                 continue;
             }
@@ -171,11 +177,11 @@ where
                 Some(Err(e)) => {
                     // Flush what was fed before the bad frame, then stop.
                     let _ = bounded(sink.flush(), &mut stop).await;
-                    return ((dir.broken)(e), sink, moved);
+                    return ((dir.broken)(e), src, sink, moved);
                 }
                 None => {
                     let _ = bounded(sink.flush(), &mut stop).await;
-                    return (Flow::Gone, sink, moved);
+                    return (Flow::Gone, src, sink, moved);
                 }
             };
             let closing = (dir.is_close)(&m);
@@ -183,20 +189,20 @@ where
                 Ok(out) => out,
                 Err(flow) => {
                     let _ = bounded(sink.flush(), &mut stop).await;
-                    return (flow, sink, moved);
+                    return (flow, src, sink, moved);
                 }
             };
             if let Some(out) = out {
                 if let Err(e) = bounded(sink.feed(out), &mut stop).await {
-                    return (e.into(), sink, moved);
+                    return (e.into(), src, sink, moved);
                 }
                 moved += 1;
                 batch += 1;
             }
             if closing {
                 return match bounded(sink.flush(), &mut stop).await {
-                    Ok(()) => (Flow::Closed, sink, moved),
-                    Err(e) => (e.into(), sink, moved),
+                    Ok(()) => (Flow::Closed, src, sink, moved),
+                    Err(e) => (e.into(), src, sink, moved),
                 };
             }
             if batch >= MAX_BATCH {
@@ -208,7 +214,7 @@ where
             }
         }
         if let Err(e) = bounded(sink.flush(), &mut stop).await {
-            return (e.into(), sink, moved);
+            return (e.into(), src, sink, moved);
         }
     }
 }
@@ -370,6 +376,44 @@ where
     .await;
 }
 
+/// The backend's close, in the order a one-connection SDK (websocketpp)
+/// needs to see the end at once and take the next session: our close
+/// frame (if owed) and the WebSocket close, flushed; then the transport
+/// shut down (TLS close_notify, FIN); then the socket kept open until the
+/// backend's own close reply and close_notify arrive (EOF), so they never
+/// meet a closed socket (an RST leaves websocketpp waiting out its 5 s
+/// shutdown timer). Each step within [`CLOSE_DEADLINE`]; a backend that does
+/// not answer is dropped.
+async fn finish_backend(
+    tx: futures_util::stream::SplitSink<BackendStream, TMessage>,
+    rx: futures_util::stream::SplitStream<BackendStream>,
+    frame: Option<TMessage>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ws = match tx.reunite(rx) {
+        Ok(ws) => ws,
+        // not reached: both halves come from the same split
+        Err(e) => return finish(Some(e.0), frame).await,
+    };
+    finish(Some(&mut ws), frame).await;
+    let io = ws.get_mut();
+    if tokio::time::timeout(CLOSE_DEADLINE, io.shutdown())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, async {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = io.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 pub(crate) async fn run(
     client: WebSocket,
     backend: BackendStream,
@@ -410,8 +454,14 @@ pub(crate) async fn run(
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut up_done = None;
     let mut down_done = None;
+    let replaced = session.replaced();
     let ending = loop {
         tokio::select! {
+            () = replaced.notified() => break ending(
+                "replaced",
+                Some(client_close(NORMAL, "replaced by a newer session")),
+                Some(backend_close(Some(CloseCode::Normal), "replaced by a newer session")),
+            ),
             r = &mut up => {
                 let e = up_ending(&r.0);
                 up_done = Some(r);
@@ -456,11 +506,11 @@ pub(crate) async fn run(
             }
         },
     );
-    let (_, b_tx, up_moved) = up_done;
-    let (_, c_tx, down_moved) = down_done;
+    let (_, _, b_tx, up_moved) = up_done;
+    let (_, b_rx, c_tx, down_moved) = down_done;
     tokio::join!(
         finish(Some(c_tx), ending.to_client),
-        finish(Some(b_tx), ending.to_backend),
+        finish_backend(b_tx, b_rx, ending.to_backend),
     );
     let id = session.label();
     crate::audit!(info, event = "session_closed", peer = %session.peer, token_id = %id,

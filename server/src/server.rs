@@ -55,6 +55,9 @@ pub enum ServerError {
     /// The token authority could not be built.
     #[error("token authority: {0}")]
     Token(#[from] AuthorityError),
+    /// `[backend_tls]` could not be loaded (names the file, never its content).
+    #[error(transparent)]
+    BackendTls(#[from] crate::backend_tls::BackendTlsError),
 }
 
 /// State shared by every task of one server run.
@@ -80,6 +83,10 @@ pub(crate) struct Shared {
     pub rate: Mutex<RateLimiter>,
     pub csp: HeaderValue,
     pub native: Option<crate::native::Native>,
+    /// The backend, with its TLS connector and uid check.
+    pub backend: Arc<crate::backend::Backend>,
+    /// Live sessions, oldest first (`when_full = "replace_oldest"`).
+    pub roster: Arc<crate::roster::Roster>,
 }
 
 impl Shared {
@@ -152,6 +159,7 @@ impl Server {
         };
         let server_pin = identity.server_pin.to_string();
         drop(identity);
+        let backend = crate::backend::build(&cfg, uid)?;
 
         let tcp = bind_tcp(cfg.listen).map_err(|source| ServerError::Bind {
             what: "gateway listener",
@@ -221,6 +229,8 @@ impl Server {
             }),
             csp,
             native,
+            backend,
+            roster: Arc::new(crate::roster::Roster::default()),
             cfg,
         });
         Ok(Server {

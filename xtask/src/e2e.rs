@@ -28,6 +28,8 @@ mod launcher;
 mod native;
 #[path = "e2e_privilege.rs"]
 mod privilege;
+#[path = "e2e_sdk.rs"]
+mod sdk;
 #[path = "e2e_stream.rs"]
 mod stream;
 
@@ -742,6 +744,9 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     if stream::CASES.contains(&name) {
         return stream::dispatch(name, fx).await;
     }
+    if sdk::CASES.contains(&name) {
+        return sdk::dispatch(name, fx).await;
+    }
     let p = fx.port().to_string();
     if let Some((_, o)) = ORIGINS.iter().find(|(n, _)| *n == name) {
         let o = o.map(|o| o.replace("{p}", &p));
@@ -824,6 +829,7 @@ fn case_names() -> Vec<&'static str> {
     v.extend(native::CASES);
     v.extend(hostile::CASES);
     v.extend(stream::CASES);
+    v.extend(sdk::CASES);
     v.extend([
         // last: reads the logs every case above produced
         "audit_log_has_reasons_and_no_secrets",
@@ -938,6 +944,7 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
             }
             if (NEEDS_ROOT.contains(&name)
                 || stream::NEEDS_ROOT.contains(&name)
+                || sdk::NEEDS_ROOT.contains(&name)
                 || privilege::CASES.contains(&name)
                 || native::CASES.contains(&name))
                 && !is_root()

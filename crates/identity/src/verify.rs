@@ -64,8 +64,9 @@ fn check_pin(
     pin: &Pin,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
+    allow_chain: bool,
 ) -> Result<(), Error> {
-    if !intermediates.is_empty() {
+    if !intermediates.is_empty() && !allow_chain {
         // A self-signed device certificate has no chain; a chain means a CA.
         return Err(Error::InvalidCertificate(
             CertificateError::ApplicationVerificationFailure,
@@ -87,12 +88,28 @@ fn check_pin(
 pub struct PinnedServerCert {
     pin: Pin,
     provider: Arc<CryptoProvider>,
+    allow_chain: bool,
 }
 
 impl PinnedServerCert {
     /// Trust only the key with SPKI pin `pin`.
     pub fn new(pin: Pin, provider: Arc<CryptoProvider>) -> Self {
-        Self { pin, provider }
+        Self {
+            pin,
+            provider,
+            allow_chain: false,
+        }
+    }
+
+    /// As [`PinnedServerCert::new`], for a server that sends its leaf with
+    /// a CA chain (the SDK's `leaf + CA` files): the chain is ignored, only
+    /// the leaf's key counts. Trust still rests on the pinned key alone.
+    pub fn new_ignoring_chain(pin: Pin, provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            pin,
+            provider,
+            allow_chain: true,
+        }
     }
 }
 
@@ -105,7 +122,7 @@ impl ServerCertVerifier for PinnedServerCert {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        check_pin(&self.pin, end_entity, intermediates)?;
+        check_pin(&self.pin, end_entity, intermediates, self.allow_chain)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -138,7 +155,7 @@ impl ClientCertVerifier for PinnedClientCert {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        check_pin(&self.pin, end_entity, intermediates)?;
+        check_pin(&self.pin, end_entity, intermediates, false)?;
         Ok(ClientCertVerified::assertion())
     }
 
