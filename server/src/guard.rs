@@ -59,6 +59,8 @@ pub enum Refusal {
     MissingToken,
     /// The token was refused → 403.
     Token(Rejection),
+    /// Another handshake is admitting this same token right now → 403.
+    TokenInFlight,
     /// All session slots are taken → 503.
     SessionLimit,
     /// The backend could not be reached or authenticated → 503; the
@@ -78,6 +80,7 @@ impl Refusal {
             Refusal::BadOrigin => "bad_origin",
             Refusal::MissingToken => "missing_token",
             Refusal::Token(r) => r.as_str(),
+            Refusal::TokenInFlight => "token_in_flight",
             Refusal::SessionLimit => "session_limit",
             Refusal::Backend(r) => r,
         }
@@ -454,6 +457,16 @@ async fn admit(
         },
     };
     let id = verified.as_ref().map(|v| v.id().prefix());
+    // One handshake per token from here to consume: copies of one token
+    // raced in parallel must not each replace a session or hold one of the
+    // backend's connections. Released when this function returns.
+    let _claim = match &verified {
+        None => None,
+        Some(v) => match shared.claims.claim(v.id()) {
+            Some(c) => Some(c),
+            None => return refuse(&peer, uid, Refusal::TokenInFlight, id),
+        },
+    };
     let mut replaced = false;
     let slot = match shared.sessions.clone().try_acquire_owned() {
         Ok(s) => s,

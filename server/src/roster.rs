@@ -3,14 +3,69 @@
 //! consumed and leaves when its [`Entry`] drops (its proxy ended); asking
 //! is a [`Notify`] the session's proxy supervisor selects on.
 //!
+//! Beside it, [`Claims`]: the tokens being admitted right now. Between
+//! verify and consume a handshake waits for a slot, maybe replaces the
+//! oldest session and connects the backend; a token may be in that window
+//! only once, so N racing copies of one token can neither replace N
+//! sessions nor hold N of the SDK's connections.
+//!
 //! What it leaves to others: who may trigger a replacement (the guard,
-//! after the token verified) and closing the session (proxy.rs).
+//! after the token verified and was claimed) and closing the session
+//! (proxy.rs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use screengate_token::TokenId;
 use tokio::sync::Notify;
+
+/// Tokens between verify and consume. Bounded by the handshakes in
+/// flight, which the pending pools bound.
+#[derive(Debug)]
+pub(crate) struct Claims<K = TokenId> {
+    held: Mutex<HashSet<K>>,
+}
+
+impl<K> Default for Claims<K> {
+    fn default() -> Self {
+        Claims {
+            held: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+/// One token's claim; released on drop (admitted, refused or cancelled).
+#[derive(Debug)]
+pub(crate) struct Claim<K: std::hash::Hash + Eq = TokenId> {
+    id: K,
+    claims: Arc<Claims<K>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Claims<K> {
+    /// Claims `id`, or `None` when another handshake holds it.
+    pub fn claim(self: &Arc<Self>, id: K) -> Option<Claim<K>> {
+        let fresh = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone());
+        fresh.then(|| Claim {
+            id,
+            claims: self.clone(),
+        })
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Drop for Claim<K> {
+    fn drop(&mut self) {
+        self.claims
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
 
 /// The live sessions, oldest first (ids only grow).
 #[derive(Debug, Default)]
@@ -85,6 +140,22 @@ impl Drop for Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_claimed_once_until_its_claim_drops() {
+        let c = Arc::new(Claims::<u8>::default());
+        let (a, b) = (1, 2);
+        let first = c.claim(a).unwrap();
+        assert!(c.claim(a).is_none(), "a second claim of one token");
+        assert!(c.claim(a).is_none(), "still held");
+        let other = c.claim(b).unwrap();
+        drop(first);
+        let again = c.claim(a).unwrap();
+        assert!(c.claim(b).is_none());
+        drop(other);
+        drop(again);
+        assert!(c.held.lock().unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn oldest_is_replaced_first_and_entries_leave_on_drop() {

@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub backend: Arc<crate::backend::Backend>,
     /// Live sessions, oldest first (`when_full = "replace_oldest"`).
     pub roster: Arc<crate::roster::Roster>,
+    /// Tokens between verify and consume (one handshake per token).
+    pub claims: Arc<crate::roster::Claims>,
 }
 
 impl Shared {
@@ -231,6 +233,7 @@ impl Server {
             native,
             backend,
             roster: Arc::new(crate::roster::Roster::default()),
+            claims: Arc::new(crate::roster::Claims::default()),
             cfg,
         });
         Ok(Server {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use screengate_identity::Pin;
 use screengate_tests::{Request, Ws, echo, handshake};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Fx, R, TempUser, is_root, port_and_pin, text};
@@ -38,6 +39,7 @@ pub const CASES: &[&str] = &[
     "sdk_expired_cert_with_spki_pin_echoes",
     "sdk_busy_refuse_503_backend_busy_token_kept",
     "sdk_busy_replace_oldest_first_gets_1000_second_echoes",
+    "sdk_one_token_raced_replaces_at_most_one_session",
     "sdk_backend_of_another_uid_503_uid_mismatch",
     "sdk_client_key_0644_refused_by_check_and_serve",
     "sdk_client_key_symlink_refused_by_check_and_serve",
@@ -62,6 +64,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "sdk_expired_cert_with_spki_pin_echoes" => expired_pin(fx).await,
         "sdk_busy_refuse_503_backend_busy_token_kept" => busy_refuse(fx).await,
         "sdk_busy_replace_oldest_first_gets_1000_second_echoes" => busy_replace(fx).await,
+        "sdk_one_token_raced_replaces_at_most_one_session" => raced_replace(fx).await,
         "sdk_backend_of_another_uid_503_uid_mismatch" => other_uid(fx).await,
         "sdk_client_key_0644_refused_by_check_and_serve" => loose_key(fx).await,
         "sdk_client_key_symlink_refused_by_check_and_serve" => linked_key(fx).await,
@@ -811,6 +814,89 @@ async fn busy_replace(fx: &Fx) -> R {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Copies of one valid token raced at a full server with `replace_oldest`:
+/// only one handshake may be between verify and consume, so at most one
+/// live session is replaced and exactly one copy gets in.
+async fn raced_replace(fx: &Fx) -> R {
+    const LIVE: usize = 3;
+    let g = gate(
+        fx,
+        "race-repl",
+        &format!(
+            "[gateway]\nbackend = \"demo\"\nmax_sessions = {LIVE}\nwhen_full = \"replace_oldest\"\n"
+        ),
+    )
+    .await?;
+    let mut live = Vec::new();
+    for i in 0..LIVE {
+        let t = g.mint(fx).await?;
+        let mut ws = g.open(&t).await?;
+        echo_ok(&mut ws, &format!("live {i}")).await?;
+        live.push(ws);
+    }
+    let t = g.mint(fx).await?;
+    // TLS first, then every copy's request at once: the copies meet the
+    // guard together, as an attacker's would
+    let mut conns = Vec::new();
+    for _ in 0..2 * LIVE {
+        conns.push(screengate_tests::tls_connect(g.addr, g.pin).await?);
+    }
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost:{p}\r\nOrigin: https://localhost:{p}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Screengate-Token: {t}\r\n\r\n",
+        p = g.addr.port()
+    );
+    let racers = conns.into_iter().map(|mut c| {
+        let req = req.as_bytes();
+        async move {
+            c.write_all(req).await.map_err(|e| e.to_string())?;
+            let mut head = [0u8; 12];
+            tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut head))
+                .await
+                .map_err(|_| "no response head within 10 s".to_owned())?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((head.starts_with(b"HTTP/1.1 101"), c))
+        }
+    });
+    let results = futures_util::future::join_all(racers).await;
+    let mut admitted = Vec::new();
+    for r in results {
+        let (ok, c) = r?;
+        if ok {
+            admitted.push(c);
+        }
+    }
+    if admitted.len() != 1 {
+        return Err(format!("{} copies of one token got in", admitted.len()));
+    }
+    // how many of the live sessions were told to go
+    let mut closed = 0;
+    for ws in &mut live {
+        if tokio::time::timeout(Duration::from_millis(1500), close_of(ws))
+            .await
+            .is_ok()
+        {
+            closed += 1;
+        }
+    }
+    let log = g.proc.log_text();
+    let replacing = log
+        .lines()
+        .filter(|l| l.contains("replacing_oldest"))
+        .count();
+    if closed != 1 || replacing != 1 {
+        return Err(format!(
+            "one token replaced {closed} live sessions ({replacing} replacing_oldest events); log: {}",
+            tail(&log)
+        ));
+    }
+    if !log.contains("token_in_flight") && !log.contains("replayed") {
+        return Err(format!("the losing copies left no reason: {}", tail(&log)));
+    }
+    Ok(())
 }
 
 async fn other_uid(fx: &Fx) -> R {
