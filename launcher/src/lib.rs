@@ -28,7 +28,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use chromium::{INSTALL_HINT, REFUSED_ARGS};
+pub use chromium::{ALLOWED_ARGS, INSTALL_HINT, Refusal};
 pub use control::{MintError, Minted, mint};
 use transport::{CallError, Cdp, SessionEvent};
 
@@ -80,13 +80,13 @@ pub enum LaunchError {
     /// No browser to launch.
     #[error("Chromium not found{0}; install it with `{INSTALL_HINT}` or pass --chromium PATH")]
     NoChromium(String),
-    /// An extra argument would undo the protection.
-    #[error("refusing --chromium-arg {arg}: {name} would undo the launcher's protection")]
+    /// An extra argument is not on the allow-list.
+    #[error("refusing --chromium-arg {arg:?}: {why}")]
     RefusedArg {
         /// The argument as given.
         arg: String,
-        /// The refused flag.
-        name: &'static str,
+        /// Why (names the normalised switch).
+        why: Refusal,
     },
     /// Running as root without an explicit sandbox opt-out.
     #[error(
@@ -129,13 +129,12 @@ enum LifeEnd {
 
 /// Runs until SIGTERM/SIGINT (→ `Ok`) or a fatal error.
 pub async fn run(opts: Options) -> Result<(), LaunchError> {
+    let mut extra = Vec::with_capacity(opts.chromium_args.len());
     for a in &opts.chromium_args {
-        if let Some(name) = chromium::refused(a) {
-            return Err(LaunchError::RefusedArg {
-                arg: a.clone(),
-                name,
-            });
-        }
+        extra.push(chromium::vet(a).map_err(|why| LaunchError::RefusedArg {
+            arg: a.clone(),
+            why,
+        })?);
     }
     let wh: Vec<&str> = opts.window_size.split(',').collect();
     if wh.len() != 2
@@ -146,7 +145,7 @@ pub async fn run(opts: Options) -> Result<(), LaunchError> {
         return Err(LaunchError::WindowSize);
     }
     if nix::unistd::geteuid().is_root() {
-        if !opts.chromium_args.iter().any(|a| a == "--no-sandbox") {
+        if !extra.iter().any(|a| a.name == "no-sandbox") {
             return Err(LaunchError::Root);
         }
         warn!(
@@ -190,7 +189,7 @@ pub async fn run(opts: Options) -> Result<(), LaunchError> {
             headless: opts.headless,
             kiosk: opts.kiosk,
             window_size: opts.window_size.clone(),
-            extra: opts.chromium_args.clone(),
+            extra: extra.iter().map(|a| a.raw.clone()).collect(),
         };
         let started = Instant::now();
         let mut browser = match chromium::spawn(&launch) {

@@ -79,20 +79,71 @@ fn profile_of(l: &LauncherProc) -> Option<PathBuf> {
     Some(PathBuf::from(rest.split_whitespace().next()?))
 }
 
+/// Every switch the old deny-list refused, in the spellings it missed
+/// (single dash, no `=value`), and the ones it never listed.
+const HOSTILE_ARGS: &[&str] = &[
+    "-remote-debugging-port=9222",
+    "-remote-debugging-port",
+    "-remote-debugging-address=0.0.0.0",
+    "-remote-allow-origins=*",
+    "-log-net-log=/tmp/screengate-netlog.json",
+    "-log-net-log",
+    "-net-log-capture-mode=Everything",
+    "-disable-web-security",
+    "-ignore-certificate-errors",
+    "-ignore-certificate-errors-spki-list=AAAA",
+    "-user-data-dir=/tmp/x",
+    "-load-extension=/tmp/e",
+    "-disable-extensions-except=/tmp/e",
+    "-auto-open-devtools-for-tabs",
+    "-remote-debugging-pipe",
+    "--ssl-key-log-file=/tmp/keys",
+    "-ssl-key-log-file",
+    "--renderer-cmd-prefix=/bin/sh -c",
+    "-renderer-cmd-prefix",
+    "--browser-subprocess-path=/tmp/x",
+    "--proxy-server=http://127.0.0.1:1",
+    "-proxy-server",
+    "--host-rules=MAP * 127.0.0.1",
+    "--host-resolver-rules=MAP * 127.0.0.1",
+    "-host-resolver-rules",
+    "--enable-logging",
+    "--enable-logging=stderr",
+    "--v=1",
+    "-v=3",
+    "--remote-debugging-port=9222",
+    "--disable-web-security",
+    "https://evil.example/",
+    "--",
+];
+
 async fn refuses_args(fx: &Fx) -> R {
-    for bad in [
-        "--remote-debugging-port=9222",
-        "--disable-web-security",
-        "--user-data-dir=/tmp/x",
-        "--load-extension=/tmp/e",
-    ] {
-        let out = std::process::Command::new(fx.base.join("bin/screengate-launch"))
-            .args(["--control", "/nonexistent", "--headless"])
-            .arg(format!("--chromium-arg={bad}"))
-            .output()
-            .map_err(|e| e.to_string())?;
+    for bad in HOSTILE_ARGS {
+        // A launcher that accepts the switch goes on to mint (and retry
+        // forever against /nonexistent): that is a failure, not a hang.
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::process::Command::new(fx.base.join("bin/screengate-launch"))
+                .args(["--control", "/nonexistent", "--headless"])
+                .arg(format!("--chromium-arg={bad}"))
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| format!("{bad}: accepted (the launcher went on to mint)"))?
+        .map_err(|e| e.to_string())?;
         let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.code() != Some(64) || !err.contains("refusing") {
+        let name = bad
+            .trim_start_matches('-')
+            .split('=')
+            .next()
+            .unwrap_or_default();
+        let named = if bad.starts_with('-') && !name.is_empty() {
+            err.contains(&format!("--{name} is not on"))
+        } else {
+            err.contains("not a Chromium switch")
+        };
+        if out.status.code() != Some(64) || !err.contains("refusing") || !named {
             return Err(format!("{bad}: exit {:?}, {err}", out.status.code()));
         }
     }
