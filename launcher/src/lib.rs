@@ -178,10 +178,7 @@ pub async fn run(opts: Options) -> Result<(), LaunchError> {
             m = mint_with_retry(&opts) => m?,
             _ = stopped(&mut term, &mut int) => { info!("stopping (signal before launch)"); return Ok(()) }
         };
-        let profile = tempfile::Builder::new()
-            .prefix("screengate-launch-")
-            .tempdir()
-            .map_err(LaunchError::Profile)?;
+        let profile = private_profile()?;
         let launch = chromium::Launch {
             binary: binary.clone(),
             profile: profile.path().to_owned(),
@@ -249,6 +246,45 @@ pub async fn run(opts: Options) -> Result<(), LaunchError> {
             }
         }
     }
+}
+
+/// A fresh profile directory, created 0700 (not `tempfile`'s default of
+/// 0777 & !umask) and checked after creation: a directory, ours, 0700.
+fn private_profile() -> Result<tempfile::TempDir, LaunchError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::Builder::new()
+        .prefix("screengate-launch-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(LaunchError::Profile)?;
+    let md = std::fs::symlink_metadata(dir.path()).map_err(LaunchError::Profile)?;
+    check_profile_mode(
+        md.is_dir(),
+        md.uid(),
+        md.mode(),
+        nix::unistd::geteuid().as_raw(),
+    )
+    .map_err(|why| {
+        LaunchError::Profile(std::io::Error::other(format!(
+            "{}: {why}",
+            dir.path().display()
+        )))
+    })?;
+    Ok(dir)
+}
+
+/// The profile directory must be a directory we own with mode exactly 0700.
+fn check_profile_mode(is_dir: bool, uid: u32, mode: u32, euid: u32) -> Result<(), String> {
+    if !is_dir {
+        return Err("not a directory".into());
+    }
+    if uid != euid {
+        return Err(format!("owned by uid {uid}, not {euid}"));
+    }
+    if mode & 0o7777 != 0o700 {
+        return Err(format!("mode {:o}, not 700", mode & 0o7777));
+    }
+    Ok(())
 }
 
 async fn stopped(term: &mut Signal, int: &mut Signal) {
@@ -643,6 +679,37 @@ mod tests {
             "http://127.0.0.1:9"
         );
         assert_eq!(origin_of("https://a.example"), "https://a.example");
+    }
+
+    #[test]
+    fn profile_mode_must_be_0700_and_ours() {
+        assert!(check_profile_mode(true, 1000, 0o40700, 1000).is_ok());
+        for (is_dir, uid, mode) in [
+            (false, 1000, 0o100700),
+            (true, 0, 0o40700),
+            (true, 1000, 0o40755),
+            (true, 1000, 0o40750),
+            (true, 1000, 0o40701),
+            (true, 1000, 0o41700),
+            (true, 1000, 0o40600),
+        ] {
+            assert!(
+                check_profile_mode(is_dir, uid, mode, 1000).is_err(),
+                "{mode:o}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_profile_is_created_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        // whatever the umask, the mode is the explicit one
+        let p = private_profile().ok().map(|d| {
+            std::fs::metadata(d.path())
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok()
+        });
+        assert_eq!(p, Some(Some(0o700)));
     }
 
     #[test]

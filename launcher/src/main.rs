@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         eprintln!("screengate-launch: cannot make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
     }
+    // Files Chromium creates in the profile (cookies, caches, prefs) are
+    // then owner-only too; wider modes are set explicitly (the screenshot).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // RUST_LOG: one level, default info (see screengate's main.rs for why).
     let level = std::env::var("RUST_LOG")

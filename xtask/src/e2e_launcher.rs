@@ -32,6 +32,7 @@ pub const CASES: &[&str] = &[
     "launcher_tab_is_locked_to_the_gateway_origin",
     "launcher_closes_popup_windows",
     "launcher_sigterm_closes_browser_and_removes_profile",
+    "launcher_profile_is_0700_and_private_while_running",
 ];
 
 pub fn chromium_present() -> bool {
@@ -51,6 +52,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_tab_is_locked_to_the_gateway_origin" => locked(fx).await,
         "launcher_closes_popup_windows" => popups(fx).await,
         "launcher_sigterm_closes_browser_and_removes_profile" => sigterm(fx).await,
+        "launcher_profile_is_0700_and_private_while_running" => profile_private(fx).await,
         _ => return None,
     })
 }
@@ -543,6 +545,70 @@ async fn locked(fx: &Fx) -> R {
     println!(
         "      (other origin saw {} requests, none with the token; navigation blocked by the tab lock)",
         requests.len()
+    );
+    Ok(())
+}
+
+/// Every entry under `dir` (files and directories, not following links)
+/// with its mode.
+fn modes_under(dir: &Path, out: &mut Vec<(PathBuf, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.file_type().is_symlink() {
+                continue; // links have no mode of their own (SingletonLock)
+            }
+            out.push((p.clone(), md.permissions().mode() & 0o7777));
+            if md.is_dir() {
+                modes_under(&p, out);
+            }
+        }
+    }
+}
+
+async fn profile_private(fx: &Fx) -> R {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = fx.spawn_server("l-profile", &[])?;
+    let mut l = launch(fx, "l-profile", &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    let profile = profile_of(&l).ok_or("no profile path in the launcher log")?;
+    // while Chromium runs
+    if descendants(l.pid().as_raw()).is_empty() {
+        return Err("no Chromium processes under the launcher".into());
+    }
+    let md = std::fs::symlink_metadata(&profile).map_err(|e| e.to_string())?;
+    let mode = md.permissions().mode() & 0o7777;
+    if !md.is_dir() || mode != 0o700 || md.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!(
+            "profile {} is mode {mode:o} uid {}, want a 0700 directory of ours",
+            profile.display(),
+            md.uid()
+        ));
+    }
+    let mut entries = Vec::new();
+    modes_under(&profile, &mut entries);
+    if entries.len() < 3 {
+        return Err(format!(
+            "only {} entries in the profile: wrong path?",
+            entries.len()
+        ));
+    }
+    let open: Vec<String> = entries
+        .iter()
+        .filter(|(_, m)| m & 0o077 != 0)
+        .map(|(p, m)| format!("{} {m:o}", p.display()))
+        .collect();
+    if !open.is_empty() {
+        return Err(format!("group/other can access: {open:?}"));
+    }
+    println!(
+        "      (profile 0700; {} entries under it, none group/other accessible)",
+        entries.len()
     );
     Ok(())
 }
