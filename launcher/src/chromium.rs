@@ -111,6 +111,36 @@ pub fn vet(arg: &str) -> Result<Extra, Refusal> {
         .ok_or_else(|| Refusal::NotAllowed(name.to_owned()))
 }
 
+/// The only environment variables Chromium inherits: what a browser on a
+/// display needs to find the display, the session bus, its home and the
+/// locale. Everything else is dropped: `SSLKEYLOGFILE` (TLS secrets that
+/// decrypt the token header), `*_proxy`, `LD_PRELOAD`, `CHROME_*`, …
+pub const ALLOWED_ENV: &[&str] = &[
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XDG_RUNTIME_DIR",
+    "HOME",
+    "LANG",
+    "TZ",
+    "DBUS_SESSION_BUS_ADDRESS",
+];
+
+/// `PATH` for Chromium (Debian's `/usr/bin/chromium` is a shell script
+/// that runs `grep`, `uname`, …): fixed, not inherited.
+pub const CHROMIUM_PATH: &str = "/usr/bin:/bin";
+
+/// Whether Chromium may inherit the variable `name` ([`ALLOWED_ENV`] and
+/// `LC_*`).
+pub fn env_allowed(name: &std::ffi::OsStr) -> bool {
+    let Some(n) = name.to_str() else {
+        return false;
+    };
+    ALLOWED_ENV.contains(&n)
+        || n.strip_prefix("LC_").is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+        })
+}
+
 /// Where Chromium usually lives.
 const CANDIDATES: &[&str] = &[
     "/usr/bin/chromium",
@@ -210,6 +240,9 @@ pub fn spawn(launch: &Launch) -> std::io::Result<Browser> {
     let (msg_read, msg_write) = std::io::pipe()?;
     let mut cmd = Command::new(&launch.binary);
     cmd.args(launch.args())
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| env_allowed(k)))
+        .env("PATH", CHROMIUM_PATH)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -357,6 +390,49 @@ mod tests {
         }
         for (name, why) in ALLOWED_ARGS {
             assert!(!why.is_empty() && !HOSTILE.contains(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn environment_allow_list() {
+        use std::ffi::OsStr;
+        for k in [
+            "DISPLAY",
+            "WAYLAND_DISPLAY",
+            "XDG_RUNTIME_DIR",
+            "HOME",
+            "LANG",
+            "LC_ALL",
+            "LC_CTYPE",
+            "LC_MESSAGES",
+            "TZ",
+            "DBUS_SESSION_BUS_ADDRESS",
+        ] {
+            assert!(env_allowed(OsStr::new(k)), "{k}");
+        }
+        for k in [
+            "SSLKEYLOGFILE",
+            "PATH",
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "http_proxy",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "no_proxy",
+            "CHROME_LOG_FILE",
+            "CHROMIUM_FLAGS",
+            "GOOGLE_API_KEY",
+            "XDG_CONFIG_HOME",
+            "LC_",
+            "LC_all",
+            "LC_ALL=",
+            "display",
+            "DISPLAYX",
+            "XDISPLAY",
+            "",
+        ] {
+            assert!(!env_allowed(OsStr::new(k)), "{k}");
         }
     }
 

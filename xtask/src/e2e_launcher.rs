@@ -33,6 +33,7 @@ pub const CASES: &[&str] = &[
     "launcher_closes_popup_windows",
     "launcher_sigterm_closes_browser_and_removes_profile",
     "launcher_profile_is_0700_and_private_while_running",
+    "launcher_sslkeylogfile_in_env_writes_no_key_log",
 ];
 
 pub fn chromium_present() -> bool {
@@ -53,6 +54,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_closes_popup_windows" => popups(fx).await,
         "launcher_sigterm_closes_browser_and_removes_profile" => sigterm(fx).await,
         "launcher_profile_is_0700_and_private_while_running" => profile_private(fx).await,
+        "launcher_sslkeylogfile_in_env_writes_no_key_log" => no_key_log(fx).await,
         _ => return None,
     })
 }
@@ -609,6 +611,55 @@ async fn profile_private(fx: &Fx) -> R {
     println!(
         "      (profile 0700; {} entries under it, none group/other accessible)",
         entries.len()
+    );
+    Ok(())
+}
+
+async fn no_key_log(fx: &Fx) -> R {
+    let keys = fx.base.join("l-keylog.keys");
+    let s = fx.spawn_server("l-keylog", &[])?;
+    let log = fx.base.join("l-keylog.launch.log");
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let mut l = LauncherProc::start_env(
+        &fx.base.join("bin/screengate-launch"),
+        &s.control,
+        &log,
+        &[],
+        &[("SSLKEYLOGFILE", &keys)],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    // the TLS handshake to the gateway happened, and the token went out on it
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    let browser = descendants(l.pid().as_raw());
+    if browser.is_empty() {
+        return Err("no Chromium processes under the launcher".into());
+    }
+    let mut inherited = Vec::new();
+    let mut read = 0usize;
+    for pid in &browser {
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            read += 1;
+            if env
+                .split(|b| *b == 0)
+                .any(|kv| kv.starts_with(b"SSLKEYLOGFILE="))
+            {
+                inherited.push(*pid);
+            }
+        }
+    }
+    if read == 0 {
+        return Err("could not read any Chromium process's environment".into());
+    }
+    let written = std::fs::metadata(&keys).map(|m| m.len()).ok();
+    if written.is_some() || !inherited.is_empty() {
+        return Err(format!(
+            "key log {} ({written:?} bytes); processes with SSLKEYLOGFILE: {inherited:?}",
+            keys.display()
+        ));
+    }
+    println!(
+        "      (TLS to the gateway done; no key log; {read} Chromium environments without SSLKEYLOGFILE)"
     );
     Ok(())
 }

@@ -184,6 +184,17 @@ pub struct LauncherProc {
 
 impl LauncherProc {
     pub fn start(bin: &Path, control: &Path, log: &Path, extra: &[String]) -> Result<Self> {
+        Self::start_env(bin, control, log, extra, &[])
+    }
+
+    /// As [`Self::start`], with extra environment variables for the launcher.
+    pub fn start_env(
+        bin: &Path,
+        control: &Path,
+        log: &Path,
+        extra: &[String],
+        env: &[(&str, &Path)],
+    ) -> Result<Self> {
         let logf =
             std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new(bin);
@@ -194,6 +205,7 @@ impl LauncherProc {
         if nix::unistd::geteuid().is_root() {
             cmd.arg("--chromium-arg=--no-sandbox");
         }
+        cmd.envs(env.iter().copied());
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
         let child = cmd
             .spawn()
