@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use chromium::{ALLOWED_ARGS, INSTALL_HINT, Refusal};
-pub use control::{MintError, Minted, mint};
+pub use control::{MintError, Minted, ServerUid, mint};
 use transport::{CallError, Cdp, SessionEvent};
 
 /// First restart delay after the browser dies; doubles up to [`MAX_BACKOFF`].
@@ -46,6 +46,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 pub struct Options {
     /// The control socket.
     pub control: PathBuf,
+    /// The server's uid (`--server-uid`); `None`: the socket directory's owner.
+    pub server_uid: ServerUid,
     /// Explicit Chromium binary.
     pub chromium: Option<PathBuf>,
     /// Headless.
@@ -296,7 +298,7 @@ async fn stopped(term: &mut Signal, int: &mut Signal) {
 async fn mint_with_retry(opts: &Options) -> Result<Minted, LaunchError> {
     let mut wait = FIRST_BACKOFF;
     loop {
-        match mint(&opts.control).await {
+        match mint(&opts.control, opts.server_uid).await {
             Ok(m) => return Ok(m),
             Err(MintError::Refused {
                 error,
@@ -304,7 +306,7 @@ async fn mint_with_retry(opts: &Options) -> Result<Minted, LaunchError> {
             }) if error == "rate_limited" => {
                 tokio::time::sleep(after).await;
             }
-            Err(e @ MintError::Refused { .. }) => return Err(e.into()),
+            Err(e @ (MintError::Refused { .. } | MintError::Untrusted(_))) => return Err(e.into()),
             Err(e) => {
                 warn!(error = %e, retry_in = ?wait, "screengate server unreachable; retrying");
                 tokio::time::sleep(wait).await;
@@ -345,8 +347,9 @@ async fn drive(
     let (tab_tx, tab_rx) = watch::channel(Tab::default());
     let loop_cdp = cdp.clone();
     let control = opts.control.clone();
+    let server = opts.server_uid;
     let mut event_loop = AbortOnDrop(tokio::spawn(async move {
-        event_loop(loop_cdp, events, tab_rx, gw, control, screenshot).await
+        event_loop(loop_cdp, events, tab_rx, gw, control, server, screenshot).await
     }));
     let setup = setup(cdp, &tab_tx, &minted).await;
     drop(minted);
@@ -478,8 +481,8 @@ fn origin_of(url: &str) -> &str {
     url.get(..end).unwrap_or("")
 }
 
-async fn rearm(cdp: &Cdp, control: &std::path::Path, session: &str) -> bool {
-    match mint(control).await {
+async fn rearm(cdp: &Cdp, control: &std::path::Path, server: ServerUid, session: &str) -> bool {
+    match mint(control, server).await {
         Ok(m) => match set_header(cdp, session, &m.header, &m.token).await {
             Ok(()) => {
                 info!(
@@ -506,6 +509,7 @@ async fn event_loop(
     tab: watch::Receiver<Tab>,
     gw: Gateway,
     control: PathBuf,
+    server: ServerUid,
     mut screenshot: Option<PathBuf>,
 ) {
     let mut gateway_sockets: HashSet<String> = HashSet::new();
@@ -519,7 +523,7 @@ async fn event_loop(
             _ = tokio::time::sleep_until(next_rearm) => {
                 let session = tab.borrow().session_id.clone();
                 if let Some(s) = session {
-                    let ok = rearm(&cdp, &control, &s).await;
+                    let ok = rearm(&cdp, &control, server, &s).await;
                     next_rearm = tokio::time::Instant::now() + if ok { half_ttl } else { Duration::from_secs(1) };
                 } else {
                     next_rearm = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -572,7 +576,7 @@ async fn event_loop(
                     // The armed token is going out on this handshake: arm the next.
                     let session = tab.borrow().session_id.clone();
                     if let Some(s) = session {
-                        let ok = rearm(&cdp, &control, &s).await;
+                        let ok = rearm(&cdp, &control, server, &s).await;
                         next_rearm = tokio::time::Instant::now()
                             + if ok { half_ttl } else { Duration::from_secs(1) };
                     }

@@ -18,6 +18,11 @@ struct Cli {
     /// The screengate control socket.
     #[arg(long)]
     control: Option<PathBuf>,
+    /// The uid the screengate server runs as. The control socket's
+    /// directory must be owned by root or this uid, and the process on the
+    /// socket must be this uid (default: the directory's owner).
+    #[arg(long)]
+    server_uid: Option<u32>,
     /// The Chromium binary (default: search the usual paths).
     #[arg(long)]
     chromium: Option<PathBuf>,
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         control: cli
             .control
             .unwrap_or_else(screengate_launcher::default_control),
+        server_uid: screengate_launcher::ServerUid(cli.server_uid),
         chromium: cli.chromium,
         headless: cli.headless,
         kiosk: cli.kiosk,

@@ -116,17 +116,7 @@ impl Fx {
         token: &str,
     ) -> std::result::Result<(u16, Option<String>), String> {
         use std::io::Write as _;
-        let exe = self.base.join("bin/xtask-peer");
-        if !exe.exists() {
-            // /proc/self/exe, not current_exe(): the running binary may
-            // have been rebuilt (replaced) since it started, as in a CI run,
-            // and its path then names a deleted file; the proc link still
-            // opens the running one.
-            let me = Path::new("/proc/self/exe");
-            std::fs::copy(me, &exe).map_err(|e| format!("copy {}: {e}", me.display()))?;
-            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| e.to_string())?;
-        }
+        let exe = self.peer_exe()?;
         let mut child = user
             .command(&exe, false)
             .args(["e2e-peer", &addr.to_string(), &pin.to_string()])
@@ -150,6 +140,22 @@ impl Fx {
             .find_map(|l| l.strip_prefix("echo "))
             .map(str::to_owned);
         Ok((status, echoed))
+    }
+
+    /// This harness's own binary, copied where the throwaway users may run it.
+    fn peer_exe(&self) -> std::result::Result<PathBuf, String> {
+        let exe = self.base.join("bin/xtask-peer");
+        if !exe.exists() {
+            // /proc/self/exe, not current_exe(): the running binary may
+            // have been rebuilt (replaced) since it started, as in a CI run,
+            // and its path then names a deleted file; the proc link still
+            // opens the running one.
+            let me = Path::new("/proc/self/exe");
+            std::fs::copy(me, &exe).map_err(|e| format!("copy {}: {e}", me.display()))?;
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(exe)
     }
 
     async fn send(&self, req: &Request) -> std::result::Result<Response, String> {
@@ -785,6 +791,7 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
 }
 
 const NEEDS_ROOT: &[&str] = &[
+    "launcher_refuses_a_forged_control_socket",
     "mint_from_disallowed_uid_refused",
     "other_user_cannot_open_control_socket",
 ];
@@ -862,6 +869,29 @@ pub fn peer(args: &[String]) -> Result<bool> {
         }
         anyhow::Ok(true)
     })
+}
+
+/// `xtask e2e-forge SOCK`: a forged control socket, run as another user by
+/// `launcher_refuses_a_forged_control_socket`. Binds SOCK, prints
+/// `listening`, and answers every request line with a mint reply naming
+/// its own origin and pin, until killed.
+pub fn forge(args: &[String]) -> Result<bool> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let path = args.first().context("usage: e2e-forge SOCK")?;
+    let l = std::os::unix::net::UnixListener::bind(path).context("bind")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    for s in l.incoming().take(100) {
+        let Ok(s) = s else { continue };
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(&s).take(4096).read_line(&mut line);
+        let _ = (&s).write_all(
+            b"{\"ok\":true,\"token\":\"forged\",\"header\":\"X-Screengate-Token\",\"url\":\"https://localhost:1/\",\"ws_url\":\"wss://localhost:1/ws\",\"origin\":\"https://localhost:1\",\"spki_pin\":\"Zm9yZ2Vk\",\"expires_in_ms\":30000}\n",
+        );
+    }
+    Ok(true)
 }
 
 pub fn run(args: &[String]) -> Result<bool> {

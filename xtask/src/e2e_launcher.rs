@@ -34,6 +34,7 @@ pub const CASES: &[&str] = &[
     "launcher_sigterm_closes_browser_and_removes_profile",
     "launcher_profile_is_0700_and_private_while_running",
     "launcher_sslkeylogfile_in_env_writes_no_key_log",
+    "launcher_refuses_a_forged_control_socket",
 ];
 
 pub fn chromium_present() -> bool {
@@ -55,6 +56,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_sigterm_closes_browser_and_removes_profile" => sigterm(fx).await,
         "launcher_profile_is_0700_and_private_while_running" => profile_private(fx).await,
         "launcher_sslkeylogfile_in_env_writes_no_key_log" => no_key_log(fx).await,
+        "launcher_refuses_a_forged_control_socket" => forged_control(fx).await,
         _ => return None,
     })
 }
@@ -67,11 +69,13 @@ fn launch(
 ) -> Result<LauncherProc, String> {
     let log = fx.base.join(format!("{name}.launch.log"));
     fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let mut args = vec![format!("--server-uid={}", fx.svc_uid())];
+    args.extend_from_slice(extra);
     LauncherProc::start(
         &fx.base.join("bin/screengate-launch"),
         &server.control,
         &log,
-        extra,
+        &args,
     )
     .map_err(|e| format!("{e:#}"))
 }
@@ -624,7 +628,7 @@ async fn no_key_log(fx: &Fx) -> R {
         &fx.base.join("bin/screengate-launch"),
         &s.control,
         &log,
-        &[],
+        &[format!("--server-uid={}", fx.svc_uid())],
         &[("SSLKEYLOGFILE", &keys)],
     )
     .map_err(|e| format!("{e:#}"))?;
@@ -661,6 +665,136 @@ async fn no_key_log(fx: &Fx) -> R {
     println!(
         "      (TLS to the gateway done; no key log; {read} Chromium environments without SSLKEYLOGFILE)"
     );
+    Ok(())
+}
+
+/// Kills a child by pid when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the launcher against `control` and expects it to refuse, naming
+/// `why`, without starting Chromium.
+async fn expect_untrusted(fx: &Fx, control: &Path, server_uid: Option<u32>, why: &str) -> R {
+    let mut cmd = tokio::process::Command::new(fx.base.join("bin/screengate-launch"));
+    cmd.arg("--control").arg(control).arg("--headless");
+    if let Some(u) = server_uid {
+        cmd.arg(format!("--server-uid={u}"));
+    }
+    if nix::unistd::geteuid().is_root() {
+        cmd.arg("--chromium-arg=--no-sandbox");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), cmd.kill_on_drop(true).output())
+        .await
+        .map_err(|_| {
+            format!(
+                "{}: the launcher did not refuse within 10 s",
+                control.display()
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !err.contains("refusing the control socket") || !err.contains(why) {
+        return Err(format!(
+            "{} ({server_uid:?}): exit {:?}, want a refusal naming {why:?}: {err}",
+            control.display(),
+            out.status.code()
+        ));
+    }
+    if err.contains("Chromium started") {
+        return Err(format!(
+            "{}: Chromium was started: {err}",
+            control.display()
+        ));
+    }
+    Ok(())
+}
+
+async fn forged_control(fx: &Fx) -> R {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt;
+    let forger = super::TempUser::create("forge")?;
+    let svc = fx.svc_uid();
+    let run = fx.base.join("run");
+    // the forger's own directory, and its socket there
+    let own = run.join("l-forge-own");
+    std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&own, Some(forger.uid), Some(forger.gid))
+        .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let forged = own.join("c.sock");
+    let exe = fx.peer_exe()?;
+    let mut child = Reaped(
+        forger
+            .command(&exe, false)
+            .arg("e2e-forge")
+            .arg(&forged)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut first = String::new();
+    if let Some(out) = child.0.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut first);
+    }
+    if first.trim() != "listening" {
+        return Err(format!("the forger did not start: {first:?}"));
+    }
+    // self-check: the forger answers like a server would
+    let v = screengate_tests::control(&forged, r#"{"op":"mint","channel":"display"}"#).await?;
+    if v["ok"] != true {
+        return Err(format!("self-check: the forger answered {v}"));
+    }
+    // 1. a directory another uid owns
+    expect_untrusted(
+        fx,
+        &forged,
+        Some(svc),
+        &format!("owned by uid {}", forger.uid),
+    )
+    .await?;
+    // 2. a world-writable (sticky) directory, as /tmp
+    let open = run.join("l-forge-open");
+    std::fs::create_dir_all(&open).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777))
+        .map_err(|e| e.to_string())?;
+    let open_sock = open.join("c.sock");
+    let _ = std::fs::remove_file(&open_sock);
+    std::os::unix::fs::symlink(&forged, &open_sock).map_err(|e| e.to_string())?;
+    expect_untrusted(fx, &open_sock, Some(svc), "writable by group or others").await?;
+    expect_untrusted(fx, &open_sock, None, "writable by group or others").await?;
+    // 3. the server's own directory, but the forger answers (SO_PEERCRED),
+    //    with --server-uid and with the default (the directory's owner)
+    let trusted = run.join("l-forge-link");
+    std::fs::create_dir_all(&trusted).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&trusted, Some(svc), None).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&trusted, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    let link = trusted.join("c.sock");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&forged, &link).map_err(|e| e.to_string())?;
+    let peer = format!("runs as uid {}, not the server's uid {svc}", forger.uid);
+    expect_untrusted(fx, &link, Some(svc), &peer).await?;
+    expect_untrusted(fx, &link, None, &peer).await?;
+    // 4. a root-owned directory without --server-uid: nobody to trust
+    let rootdir = run.join("l-forge-root");
+    std::fs::create_dir_all(&rootdir).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&rootdir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let rlink = rootdir.join("c.sock");
+    let _ = std::fs::remove_file(&rlink);
+    std::os::unix::fs::symlink(&forged, &rlink).map_err(|e| e.to_string())?;
+    expect_untrusted(fx, &rlink, None, "pass --server-uid").await?;
+    expect_untrusted(fx, &rlink, Some(svc), &peer).await?;
+    drop(child);
+    println!("      (7 forged sockets refused, each with its reason; Chromium never started)");
     Ok(())
 }
 
