@@ -26,6 +26,9 @@ pub struct Minted {
     pub spki_pin: String,
     /// Remaining life at mint time.
     pub expires_in: Duration,
+    /// The handle with which this uid can revoke the token (`None` from a
+    /// server too old to send one). Not a credential, but never logged.
+    pub revoke_handle: Option<String>,
 }
 
 impl std::fmt::Debug for Minted {
@@ -119,9 +122,13 @@ fn untrusted(path: &Path, why: String) -> MintError {
     MintError::Untrusted(format!("control socket {}: {why}", path.display()))
 }
 
-/// Asks the server for a display token, after checking that the server
-/// is who answers.
-pub async fn mint(path: &Path, server: ServerUid) -> Result<Minted, MintError> {
+/// One request line, one reply line, after checking that the server is
+/// who answers.
+async fn exchange(
+    path: &Path,
+    server: ServerUid,
+    request: &[u8],
+) -> Result<Zeroizing<String>, MintError> {
     let unreachable = |source| MintError::Unreachable {
         path: path.display().to_string(),
         source,
@@ -140,9 +147,7 @@ pub async fn mint(path: &Path, server: ServerUid) -> Result<Minted, MintError> {
         let peer = s.peer_cred().map_err(unreachable)?.uid();
         check_peer(peer, expected).map_err(|why| untrusted(path, why))?;
         let (rd, mut wr) = s.into_split();
-        wr.write_all(b"{\"op\":\"mint\",\"channel\":\"display\"}\n")
-            .await
-            .map_err(unreachable)?;
+        wr.write_all(request).await.map_err(unreachable)?;
         let mut line = Zeroizing::new(String::new());
         BufReader::new(rd.take(MAX_REPLY))
             .read_line(&mut line)
@@ -158,6 +163,32 @@ pub async fn mint(path: &Path, server: ServerUid) -> Result<Minted, MintError> {
     let line = tokio::time::timeout(EXCHANGE_DEADLINE, exchange)
         .await
         .map_err(|_| MintError::Protocol("no reply within 5 s".into()))??;
+    Ok(line)
+}
+
+/// Revokes the token `handle` names (from its mint reply). The reply is
+/// only checked for `ok`.
+pub async fn revoke(path: &Path, server: ServerUid, handle: &str) -> Result<(), MintError> {
+    let mut req = serde_json::to_vec(&serde_json::json!({"op": "revoke", "token_id": handle}))
+        .map_err(|_| MintError::Protocol("cannot encode the revoke request".into()))?;
+    req.push(b'\n');
+    let line = exchange(path, server, &req).await?;
+    let v: Value =
+        serde_json::from_str(&line).map_err(|_| MintError::Protocol("reply is not JSON".into()))?;
+    if v["ok"] == true {
+        Ok(())
+    } else {
+        Err(MintError::Refused {
+            error: v["error"].as_str().unwrap_or("unknown").to_owned(),
+            retry_after: None,
+        })
+    }
+}
+
+/// Asks the server for a display token, after checking that the server
+/// is who answers.
+pub async fn mint(path: &Path, server: ServerUid) -> Result<Minted, MintError> {
+    let line = exchange(path, server, b"{\"op\":\"mint\",\"channel\":\"display\"}\n").await?;
     let v: Value =
         serde_json::from_str(&line).map_err(|_| MintError::Protocol("reply is not JSON".into()))?;
     if v["ok"] != true {
@@ -178,6 +209,7 @@ pub async fn mint(path: &Path, server: ServerUid) -> Result<Minted, MintError> {
         ws_url: field("ws_url")?,
         origin: field("origin")?,
         spki_pin: field("spki_pin")?,
+        revoke_handle: v["token_id"].as_str().map(str::to_owned),
         expires_in: Duration::from_millis(
             v["expires_in_ms"]
                 .as_u64()

@@ -29,13 +29,16 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use chromium::{ALLOWED_ARGS, INSTALL_HINT, Refusal};
-pub use control::{MintError, Minted, ServerUid, mint};
+pub use control::{MintError, Minted, ServerUid, mint, revoke};
 use transport::{CallError, Cdp, SessionEvent};
 
 /// First restart delay after the browser dies; doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest restart / retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Gateway handshakes whose token's fate is awaited (the page opens one at
+/// a time; anything beyond this is not tracked and expires with its TTL).
+const MAX_IN_FLIGHT: usize = 16;
 /// A browser that lived this long resets the backoff.
 const HEALTHY_LIFE: Duration = Duration::from_secs(30);
 /// Time the browser gets to close cleanly before its process group is killed.
@@ -328,6 +331,8 @@ struct Gateway {
     origin: String,
     ws_url: String,
     ttl: Duration,
+    /// Revocation handle of the first armed token.
+    armed: Option<String>,
 }
 
 /// One browser life: set the tab up, navigate, then keep the token armed
@@ -343,6 +348,7 @@ async fn drive(
         origin: minted.origin.clone(),
         ws_url: minted.ws_url.clone(),
         ttl: minted.expires_in,
+        armed: minted.revoke_handle.clone(),
     };
     let (tab_tx, tab_rx) = watch::channel(Tab::default());
     let loop_cdp = cdp.clone();
@@ -481,7 +487,14 @@ fn origin_of(url: &str) -> &str {
     url.get(..end).unwrap_or("")
 }
 
-async fn rearm(cdp: &Cdp, control: &std::path::Path, server: ServerUid, session: &str) -> bool {
+/// Mints and arms the next token; its revocation handle on success
+/// (`Some(None)` from a server that sends none), `None` on failure.
+async fn rearm(
+    cdp: &Cdp,
+    control: &std::path::Path,
+    server: ServerUid,
+    session: &str,
+) -> Option<Option<String>> {
     match mint(control, server).await {
         Ok(m) => match set_header(cdp, session, &m.header, &m.token).await {
             Ok(()) => {
@@ -489,16 +502,31 @@ async fn rearm(cdp: &Cdp, control: &std::path::Path, server: ServerUid, session:
                     "armed a fresh token (expires in {} ms)",
                     m.expires_in.as_millis()
                 );
-                true
+                Some(m.revoke_handle.clone())
             }
             Err(e) => {
                 warn!(error = %e, "could not arm the fresh token");
-                false
+                // never armed: it must not stay valid either
+                if let Some(h) = &m.revoke_handle {
+                    revoke_superseded(control, server, h).await;
+                }
+                None
             }
         },
         Err(e) => {
             warn!(error = %e, "could not mint the next token; will retry");
-            false
+            None
+        }
+    }
+}
+
+/// Revokes a token the tab no longer carries, so it is dead before it
+/// expires.
+async fn revoke_superseded(control: &std::path::Path, server: ServerUid, handle: &str) {
+    match revoke(control, server, handle).await {
+        Ok(()) => info!("revoked the superseded token"),
+        Err(e) => {
+            warn!(error = %e, "could not revoke the superseded token; it expires with its TTL")
         }
     }
 }
@@ -513,6 +541,11 @@ async fn event_loop(
     mut screenshot: Option<PathBuf>,
 ) {
     let mut gateway_sockets: HashSet<String> = HashSet::new();
+    // The handle of the token the tab carries now, and of the token each
+    // gateway handshake in flight carried.
+    let mut armed = gw.armed.clone();
+    let mut in_flight: std::collections::HashMap<String, Option<String>> =
+        std::collections::HashMap::new();
     let mut connected: u64 = 0;
     let mut first_message_seen = false;
     let half_ttl = gw.ttl / 2;
@@ -523,7 +556,14 @@ async fn event_loop(
             _ = tokio::time::sleep_until(next_rearm) => {
                 let session = tab.borrow().session_id.clone();
                 if let Some(s) = session {
-                    let ok = rearm(&cdp, &control, server, &s).await;
+                    let next = rearm(&cdp, &control, server, &s).await;
+                    let ok = next.is_some();
+                    if let Some(new) = next {
+                        // unused and superseded: revoke it now
+                        if let Some(old) = std::mem::replace(&mut armed, new) {
+                            revoke_superseded(&control, server, &old).await;
+                        }
+                    }
                     next_rearm = tokio::time::Instant::now() + if ok { half_ttl } else { Duration::from_secs(1) };
                 } else {
                     next_rearm = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -573,16 +613,31 @@ async fn event_loop(
             }
             Event::WebSocketWillSendHandshake { request_id } => {
                 if gateway_sockets.contains(&request_id) {
-                    // The armed token is going out on this handshake: arm the next.
+                    // The armed token is going out on this handshake: arm
+                    // the next; the outgoing one is judged by the response.
                     let session = tab.borrow().session_id.clone();
                     if let Some(s) = session {
-                        let ok = rearm(&cdp, &control, server, &s).await;
+                        let next = rearm(&cdp, &control, server, &s).await;
+                        let ok = next.is_some();
+                        if let Some(new) = next {
+                            let used = std::mem::replace(&mut armed, new);
+                            if in_flight.len() < MAX_IN_FLIGHT {
+                                in_flight.insert(request_id.clone(), used);
+                            }
+                        }
                         next_rearm = tokio::time::Instant::now()
                             + if ok { half_ttl } else { Duration::from_secs(1) };
                     }
                 }
             }
             Event::WebSocketHandshakeResponse { request_id, status } => {
+                // 101 consumed the token; any refusal (503 with the backend
+                // down) left it valid, and the tab no longer carries it.
+                if let Some(Some(used)) = in_flight.remove(&request_id)
+                    && status != 101
+                {
+                    revoke_superseded(&control, server, &used).await;
+                }
                 if gateway_sockets.contains(&request_id) {
                     if status == 101 {
                         connected += 1;
@@ -606,6 +661,7 @@ async fn event_loop(
                 }
             }
             Event::WebSocketClosed { request_id } => {
+                in_flight.remove(&request_id);
                 if gateway_sockets.remove(&request_id) {
                     info!("display session closed; the page will reconnect");
                 }

@@ -272,6 +272,97 @@ async fn expired_token_refused(fx: &Fx) -> R {
         .ok_or(format!("fresh token got {}", ok.status))
 }
 
+async fn revoked_token_refused(fx: &Fx) -> R {
+    let s = fx.spawn_server("revoke", &[])?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (t, v) = fx.mint_on(&s.control).await?;
+    let handle = v["token_id"]
+        .as_str()
+        .ok_or("the mint reply has no token_id")?;
+    // altered, truncated, foreign, empty handles: refused, token untouched
+    let mut altered = handle.to_owned().into_bytes();
+    if let Some(b) = altered.last_mut() {
+        *b = if *b == b'0' { b'1' } else { b'0' };
+    }
+    let altered = String::from_utf8(altered).map_err(|e| e.to_string())?;
+    let (_, other) = fx.mint_on(&fx.main.control).await?;
+    let foreign = other["token_id"].as_str().unwrap_or_default().to_owned();
+    for (bad, want) in [
+        (altered.as_str(), "not_yours"),
+        (foreign.as_str(), "not_yours"),
+        (handle.get(..32).unwrap_or_default(), "bad_request"),
+        ("", "bad_request"),
+    ] {
+        let line = serde_json::json!({"op": "revoke", "token_id": bad}).to_string();
+        let r = screengate_tests::control(&s.control, &line).await?;
+        if r["ok"] != false || r["error"] != want {
+            return Err(format!("revoke with a bad handle: want {want}, got {r}"));
+        }
+    }
+    let line = serde_json::json!({"op": "revoke", "token_id": handle}).to_string();
+    let r = screengate_tests::control(&s.control, &line).await?;
+    if r["ok"] != true {
+        return Err(format!("revoke refused: {r}"));
+    }
+    let (resp, ws) = handshake(addr, pin, &Request::display(port, Some(&t))).await?;
+    if ws.is_some() || resp.status != 403 {
+        return Err(format!("revoked token got {}", resp.status));
+    }
+    if !s.log_text().contains("reason=\"revoked\"") && !s.log_text().contains("reason=revoked") {
+        return Err("the audit log has no `revoked` refusal".into());
+    }
+    // and another token of the same server still works: it was the revoke
+    let (t2, _) = fx.mint_on(&s.control).await?;
+    let (ok, _ws) = handshake(addr, pin, &Request::display(port, Some(&t2))).await?;
+    (ok.status == 101)
+        .then_some(())
+        .ok_or(format!("an unrevoked token got {}", ok.status))
+}
+
+async fn revoke_all_closes_sessions(fx: &Fx) -> R {
+    let s = fx.spawn_server("revokeall", &[])?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (live, _) = fx.mint_on(&s.control).await?;
+    let (before, _) = fx.mint_on(&s.control).await?;
+    let (resp, ws) = handshake(addr, pin, &Request::display(port, Some(&live))).await?;
+    let mut ws = ws.ok_or(format!("expected 101, got {}", resp.status))?;
+    echo(&mut ws, "before").await?;
+    for bad in [
+        r#"{"op":"revoke","all":false}"#,
+        r#"{"op":"revoke"}"#,
+        r#"{"op":"revoke","all":true,"token_id":"00"}"#,
+    ] {
+        let r = screengate_tests::control(&s.control, bad).await?;
+        if r["ok"] != false {
+            return Err(format!("{bad} was accepted: {r}"));
+        }
+    }
+    if echo(&mut ws, "still open").await.is_err() {
+        return Err("a refused revoke closed the session".into());
+    }
+    let r = screengate_tests::control(&s.control, r#"{"op":"revoke","all":true}"#).await?;
+    if r["ok"] != true {
+        return Err(format!("revoke all refused: {r}"));
+    }
+    if echo(&mut ws, "after").await.is_ok() {
+        return Err("the live session survived revoke all".into());
+    }
+    let (resp, ws2) = handshake(addr, pin, &Request::display(port, Some(&before))).await?;
+    if ws2.is_some() || resp.status != 403 {
+        return Err(format!(
+            "a token minted before revoke all got {}",
+            resp.status
+        ));
+    }
+    let (after, _) = fx.mint_on(&s.control).await?;
+    let (ok, _ws) = handshake(addr, pin, &Request::display(port, Some(&after))).await?;
+    (ok.status == 101)
+        .then_some(())
+        .ok_or(format!("a token minted after revoke all got {}", ok.status))
+}
+
 async fn bit_flipped_tokens_refused(fx: &Fx) -> R {
     let t = fx.mint().await?;
     // version, run id, token id, channel, issued, expires, tag (first, last)
@@ -765,6 +856,10 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         }
         "expired_token_refused" => expired_token_refused(fx).await,
         "bit_flipped_tokens_refused" => bit_flipped_tokens_refused(fx).await,
+        "revoked_token_refused" => revoked_token_refused(fx).await,
+        "revoke_all_closes_sessions_and_kills_earlier_tokens" => {
+            revoke_all_closes_sessions(fx).await
+        }
         "truncated_token_refused" => truncated_token_refused(fx).await,
         "random_tokens_refused" => random_tokens_refused(fx).await,
         "empty_token_refused" => empty_token_refused(fx).await,
@@ -809,6 +904,8 @@ fn case_names() -> Vec<&'static str> {
         "non_ascii_token_refused",
         "token_from_another_device_refused",
         "token_from_before_restart_refused",
+        "revoked_token_refused",
+        "revoke_all_closes_sessions_and_kills_earlier_tokens",
     ];
     v.extend(ORIGINS.iter().map(|(n, _)| *n));
     v.extend(HOSTS.iter().map(|(n, _, _)| *n));

@@ -35,6 +35,7 @@ pub const CASES: &[&str] = &[
     "launcher_profile_is_0700_and_private_while_running",
     "launcher_sslkeylogfile_in_env_writes_no_key_log",
     "launcher_refuses_a_forged_control_socket",
+    "launcher_revokes_the_token_it_supersedes",
 ];
 
 pub fn chromium_present() -> bool {
@@ -57,6 +58,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_profile_is_0700_and_private_while_running" => profile_private(fx).await,
         "launcher_sslkeylogfile_in_env_writes_no_key_log" => no_key_log(fx).await,
         "launcher_refuses_a_forged_control_socket" => forged_control(fx).await,
+        "launcher_revokes_the_token_it_supersedes" => revokes_superseded(fx).await,
         _ => return None,
     })
 }
@@ -795,6 +797,58 @@ async fn forged_control(fx: &Fx) -> R {
     expect_untrusted(fx, &rlink, Some(svc), &peer).await?;
     drop(child);
     println!("      (7 forged sockets refused, each with its reason; Chromium never started)");
+    Ok(())
+}
+
+/// The `token_id=` values of the server's audit lines with `event`.
+fn ids_of(log: &str, event: &str) -> Vec<String> {
+    let needle = format!("event=\"{event}\"");
+    log.lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            l.split("token_id=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .map(|t| t.trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
+async fn revokes_superseded(fx: &Fx) -> R {
+    // TTL 2 s: the launcher re-arms every second, superseding an unused token
+    let s = fx.spawn_server("l-revoke", &["--token-ttl", "2s"])?;
+    let mut l = launch(fx, "l-revoke", &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    l.wait_for("revoked the superseded token", 2, Duration::from_secs(10))
+        .await?;
+    let log = s.log_text();
+    let minted = ids_of(&log, "mint");
+    let revoked = ids_of(&log, "revoke");
+    let accepted = ids_of(&log, "accepted");
+    if revoked.len() < 2 {
+        return Err(format!("the server recorded {} revocations", revoked.len()));
+    }
+    for id in &revoked {
+        if !minted.contains(id) {
+            return Err(format!("revoked {id}, which the server never minted"));
+        }
+        if accepted.contains(id) {
+            return Err(format!("revoked {id}, the token of a live session"));
+        }
+    }
+    // the page is still connected: revocation hit only superseded tokens
+    if l.log_text()
+        .contains("the gateway refused the display's handshake")
+    {
+        return Err("a handshake was refused after a revocation".into());
+    }
+    println!(
+        "      ({} minted, {} superseded and revoked, {} accepted)",
+        minted.len(),
+        revoked.len(),
+        accepted.len()
+    );
     Ok(())
 }
 
