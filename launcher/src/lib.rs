@@ -15,6 +15,7 @@
 
 mod chromium;
 mod control;
+mod csp;
 mod transport;
 
 use std::collections::HashSet;
@@ -476,6 +477,51 @@ fn same_origin(url: &str, origin: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
 }
 
+/// `Fetch.failRequest` parameters for a request the lock refuses.
+fn fail(request_id: &str) -> (&'static str, serde_json::Value) {
+    (
+        "Fetch.failRequest",
+        json!({"requestId": request_id, "errorReason": "BlockedByClient"}),
+    )
+}
+
+/// Resource types whose response starts a new execution context with its
+/// own CSP (documents; dedicated and shared worker scripts are reported as
+/// `Other`, and unknown types are treated the same): their responses are
+/// checked too.
+fn needs_own_csp(resource_type: &str) -> bool {
+    !matches!(
+        resource_type,
+        "Stylesheet"
+            | "Image"
+            | "Media"
+            | "Font"
+            | "Script"
+            | "TextTrack"
+            | "XHR"
+            | "Fetch"
+            | "EventSource"
+            | "Manifest"
+            | "Ping"
+            | "CSPViolationReport"
+            | "Preflight"
+            | "Prefetch"
+            | "FedCM"
+    )
+}
+
+/// The path of a URL without query or fragment, for logs.
+fn path_of(url: &str) -> &str {
+    let after = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let start = url
+        .get(after..)
+        .and_then(|r| r.find('/'))
+        .map(|i| i + after)
+        .unwrap_or(url.len());
+    let rest = url.get(start..).unwrap_or("");
+    rest.split(['?', '#']).next().unwrap_or("")
+}
+
 /// The origin part of a URL, for logs (never the path or query).
 fn origin_of(url: &str) -> &str {
     let after = url.find("://").map(|i| i + 3).unwrap_or(0);
@@ -573,21 +619,47 @@ async fn event_loop(
         };
         let (session_id, event) = ev;
         match event {
-            Event::RequestPaused { request_id, url } => {
+            Event::RequestPaused {
+                request_id,
+                url,
+                resource_type,
+                response,
+            } => {
                 let Some(s) = session_id.as_deref() else {
                     continue;
                 };
-                let (method, params) = if same_origin(&url, &gw.origin) {
-                    ("Fetch.continueRequest", json!({"requestId": request_id}))
-                } else {
+                let (method, params) = if !same_origin(&url, &gw.origin) {
                     warn!(
                         origin = origin_of(&url),
                         "blocked a request from the display tab to another origin"
                     );
+                    fail(&request_id)
+                } else if let Some(resp) = response {
+                    // A document of the gateway, at the response stage: it
+                    // renders only if its own CSP keeps its connections on
+                    // the gateway (Fetch never sees a WebSocket handshake).
+                    let lock = csp::Gateway {
+                        origin: &gw.origin,
+                        ws_url: &gw.ws_url,
+                    };
+                    match csp::locks_connections(&resp.csp, &lock) {
+                        Ok(()) => ("Fetch.continueRequest", json!({"requestId": request_id})),
+                        Err(why) => {
+                            warn!(
+                                path = path_of(&url),
+                                status = ?resp.status,
+                                "lock violation: refused a document of the gateway: {why}"
+                            );
+                            fail(&request_id)
+                        }
+                    }
+                } else if needs_own_csp(&resource_type) {
                     (
-                        "Fetch.failRequest",
-                        json!({"requestId": request_id, "errorReason": "BlockedByClient"}),
+                        "Fetch.continueRequest",
+                        json!({"requestId": request_id, "interceptResponse": true}),
                     )
+                } else {
+                    ("Fetch.continueRequest", json!({"requestId": request_id}))
                 };
                 if let Err(e) = cdp.call(Some(s), method, params).await {
                     tracing::debug!(error = %e, "Fetch reply failed");
@@ -607,8 +679,21 @@ async fn event_loop(
                 }
             }
             Event::WebSocketCreated { request_id, url } => {
-                if url.starts_with(&gw.ws_url) {
-                    gateway_sockets.insert(request_id);
+                if url == gw.ws_url
+                    || url
+                        .strip_prefix(gw.ws_url.as_str())
+                        .is_some_and(|r| r.starts_with(['?', '#']))
+                {
+                    if gateway_sockets.len() < MAX_IN_FLIGHT * 4 {
+                        gateway_sockets.insert(request_id);
+                    }
+                } else {
+                    // A report, not a pause: the handshake is already on
+                    // its way. The document's CSP is what stops it.
+                    warn!(
+                        origin = origin_of(&url),
+                        "lock violation: the display tab created a WebSocket to a URL other than the gateway's"
+                    );
                 }
             }
             Event::WebSocketWillSendHandshake { request_id } => {

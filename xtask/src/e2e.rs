@@ -887,6 +887,7 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
 
 const NEEDS_ROOT: &[&str] = &[
     "launcher_refuses_a_forged_control_socket",
+    "launcher_websockets_elsewhere_never_carry_the_token",
     "mint_from_disallowed_uid_refused",
     "other_user_cannot_open_control_socket",
 ];
@@ -970,11 +971,13 @@ pub fn peer(args: &[String]) -> Result<bool> {
 
 /// `xtask e2e-forge SOCK`: a forged control socket, run as another user by
 /// `launcher_refuses_a_forged_control_socket`. Binds SOCK, prints
-/// `listening`, and answers every request line with a mint reply naming
-/// its own origin and pin, until killed.
+/// `listening`, and answers every request line with REPLY (default: a mint
+/// reply naming its own origin and pin), until killed.
 pub fn forge(args: &[String]) -> Result<bool> {
     use std::io::{BufRead as _, Read as _, Write as _};
-    let path = args.first().context("usage: e2e-forge SOCK")?;
+    let path = args.first().context("usage: e2e-forge SOCK [REPLY]")?;
+    let default = r#"{"ok":true,"token":"forged","header":"X-Screengate-Token","url":"https://localhost:1/","ws_url":"wss://localhost:1/ws","origin":"https://localhost:1","spki_pin":"Zm9yZ2Vk","expires_in_ms":30000}"#;
+    let reply = format!("{}\n", args.get(1).map_or(default, String::as_str));
     let l = std::os::unix::net::UnixListener::bind(path).context("bind")?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
     println!("listening");
@@ -984,9 +987,7 @@ pub fn forge(args: &[String]) -> Result<bool> {
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut line = String::new();
         let _ = std::io::BufReader::new(&s).take(4096).read_line(&mut line);
-        let _ = (&s).write_all(
-            b"{\"ok\":true,\"token\":\"forged\",\"header\":\"X-Screengate-Token\",\"url\":\"https://localhost:1/\",\"ws_url\":\"wss://localhost:1/ws\",\"origin\":\"https://localhost:1\",\"spki_pin\":\"Zm9yZ2Vk\",\"expires_in_ms\":30000}\n",
-        );
+        let _ = (&s).write_all(reply.as_bytes());
     }
     Ok(true)
 }

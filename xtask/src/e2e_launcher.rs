@@ -36,6 +36,7 @@ pub const CASES: &[&str] = &[
     "launcher_sslkeylogfile_in_env_writes_no_key_log",
     "launcher_refuses_a_forged_control_socket",
     "launcher_revokes_the_token_it_supersedes",
+    "launcher_websockets_elsewhere_never_carry_the_token",
 ];
 
 pub fn chromium_present() -> bool {
@@ -59,6 +60,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_sslkeylogfile_in_env_writes_no_key_log" => no_key_log(fx).await,
         "launcher_refuses_a_forged_control_socket" => forged_control(fx).await,
         "launcher_revokes_the_token_it_supersedes" => revokes_superseded(fx).await,
+        "launcher_websockets_elsewhere_never_carry_the_token" => websockets_elsewhere(fx).await,
         _ => return None,
     })
 }
@@ -848,6 +850,170 @@ async fn revokes_superseded(fx: &Fx) -> R {
         minted.len(),
         revoked.len(),
         accepted.len()
+    );
+    Ok(())
+}
+
+/// A script that opens WebSockets to `other` (ws://127.0.0.1:PORT) at
+/// load, 500 ms later, and from a blob worker, and connects to the gateway.
+fn leaky_script(other: &str) -> String {
+    format!(
+        "const leak = (why) => {{ try {{ new WebSocket('{other}/' + why); }} catch (e) {{}} }};\n\
+         leak('load');\n\
+         setTimeout(() => leak('later'), 500);\n\
+         try {{ new Worker(URL.createObjectURL(new Blob([\"try {{ new WebSocket('{other}/worker'); }} catch (e) {{}}\"], {{type: 'text/javascript'}}))); }} catch (e) {{}}\n\
+         const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');\n\
+         ws.onopen = () => ws.send('hi');\n\
+         ws.onmessage = () => {{}};\n"
+    )
+}
+
+/// A plain HTTP server that answers every request with `body` and no CSP
+/// (a display server that does not protect its page).
+async fn page_server(body: String) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    tokio::spawn(async move {
+        for _ in 0..50 {
+            let Ok(Ok((mut s, _))) =
+                tokio::time::timeout(Duration::from_secs(60), l.accept()).await
+            else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<String> {
+    let mut v = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        v.push(r);
+    }
+    v
+}
+
+async fn websockets_elsewhere(fx: &Fx) -> R {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt;
+    let (port, mut seen) = recording_server().await?;
+    let other = format!("ws://127.0.0.1:{port}");
+    // 1. the gateway's own CSP: the page renders, connects, and every
+    //    WebSocket elsewhere is refused by Chromium itself
+    let web = fx.base.join("web-wsleak");
+    std::fs::create_dir_all(&web).map_err(|e| e.to_string())?;
+    std::fs::write(
+        web.join("index.html"),
+        "<!doctype html><title>ws leak test</title><script src=\"/app.js\"></script>",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(web.join("app.js"), leaky_script(&other)).map_err(|e| e.to_string())?;
+    let cfg = fx.base.join("wsleak.toml");
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    let s = fx.spawn_server("l-wsleak", &["--config", &cfg.to_string_lossy()])?;
+    let mut l = launch(fx, "l-wsleak", &s, &[])?;
+    l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past "later"
+    let with_csp = drain(&mut seen);
+    if !with_csp.is_empty() {
+        return Err(format!(
+            "with the gateway's CSP, {} requests reached the other listener",
+            with_csp.len()
+        ));
+    }
+    drop(l);
+    // 2. a display server without a CSP (a forged but trusted control
+    //    socket names it): the document is refused, nothing leaks
+    let svc = fx.svc.as_ref().ok_or("needs root (a service user)")?;
+    let page = page_server(format!(
+        "<!doctype html><title>ws leak test</title><script>{}</script>",
+        leaky_script(&other)
+    ))
+    .await?;
+    let marker = "e2e-marker-not-a-token-5f3c1a";
+    let reply = serde_json::json!({
+        "ok": true, "token": marker, "header": "X-Screengate-Token",
+        "url": format!("http://127.0.0.1:{page}/"),
+        "ws_url": format!("ws://127.0.0.1:{page}/ws"),
+        "origin": format!("http://127.0.0.1:{page}"),
+        "spki_pin": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "expires_in_ms": 30000
+    })
+    .to_string();
+    let dir = fx.base.join("run/l-nocsp");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(svc.uid), Some(svc.gid)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let sock = dir.join("c.sock");
+    let exe = fx.peer_exe()?;
+    let mut forger = Reaped(
+        svc.command(&exe, false)
+            .arg("e2e-forge")
+            .arg(&sock)
+            .arg(&reply)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut first = String::new();
+    if let Some(out) = forger.0.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut first);
+    }
+    if first.trim() != "listening" {
+        return Err(format!("the stand-in server did not start: {first:?}"));
+    }
+    let log = fx.base.join("l-nocsp.launch.log");
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let mut l = LauncherProc::start(
+        &fx.base.join("bin/screengate-launch"),
+        &sock,
+        &log,
+        &[format!("--server-uid={}", svc.uid)],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    l.wait_for("navigating", 1, Duration::from_secs(30)).await?;
+    // the page's "later" attempt is at 500 ms: judge after 2.5 s, leaks first
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let without = drain(&mut seen);
+    let leaked = without
+        .iter()
+        .filter(|r| r.contains(marker) || r.to_ascii_lowercase().contains("x-screengate-token"))
+        .count();
+    if leaked > 0 || !without.is_empty() {
+        return Err(format!(
+            "without a CSP, {} requests reached the other listener, {leaked} with the token",
+            without.len()
+        ));
+    }
+    if !l.log_text().contains("lock violation: refused a document")
+        || !l.log_text().contains("no Content-Security-Policy")
+    {
+        return Err("the lock violation does not say the CSP is missing".into());
+    }
+    drop(l);
+    drop(forger);
+    println!(
+        "      (gateway CSP: page connected, 0 requests elsewhere; no CSP: document refused, 0 requests elsewhere)"
     );
     Ok(())
 }
