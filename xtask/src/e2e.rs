@@ -42,6 +42,10 @@ struct Fx {
     pin: Pin,
     tokens: Mutex<Vec<String>>,
     logs: Mutex<Vec<PathBuf>>,
+    /// The display user the launcher cases run as, sandbox on (root runs
+    /// only), with its home directory; the service user is in its group,
+    /// so the control socket can be 0660 for that group.
+    display: Option<(TempUser, PathBuf)>,
     /// The service user the servers drop to (root runs only). Last, so it
     /// is removed after every server above has stopped.
     svc: Option<TempUser>,
@@ -887,6 +891,7 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
 
 const NEEDS_ROOT: &[&str] = &[
     "launcher_refuses_a_forged_control_socket",
+    "launcher_runs_as_the_display_user_with_the_sandbox_on",
     "launcher_websockets_elsewhere_never_carry_the_token",
     "mint_from_disallowed_uid_refused",
     "other_user_cannot_open_control_socket",
@@ -1026,6 +1031,19 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
         } else {
             None
         };
+        let display = match &svc {
+            Some(svc) => {
+                let d = TempUser::create("dsp").map_err(anyhow::Error::msg)?;
+                run_ok(Command::new("usermod").args(["-aG", &d.group, &svc.user]))
+                    .map_err(anyhow::Error::msg)?;
+                let home = base.join("home-dsp");
+                std::fs::create_dir_all(&home)?;
+                std::os::unix::fs::chown(&home, Some(d.uid), Some(d.gid))?;
+                std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+                Some((d, home))
+            }
+            None => None,
+        };
         let main_log = base.join("main.log");
         let main = ServerProc::start(
             &bin,
@@ -1045,6 +1063,7 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
             pin,
             tokens: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
+            display,
             svc,
         };
         let (mut passed, mut failed, mut skipped) = (0u64, 0u64, 0u64);

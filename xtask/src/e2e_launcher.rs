@@ -1,8 +1,14 @@
 //! e2e cases for `screengate-launch` with real headless Chromium: the page
 //! connects and exchanges messages, the token is nowhere a local user can
 //! read, there is no DevTools TCP port, reconnects use fresh tokens, a
-//! killed browser comes back, the tab is locked to the gateway origin, and
-//! SIGTERM cleans up.
+//! killed browser comes back, the tab is locked to the gateway origin
+//! (WebSockets included), extra switches come from an allow-list, the
+//! profile is private, the environment is cleared, a forged control socket
+//! is refused, superseded tokens are revoked, and SIGTERM cleans up.
+//!
+//! As root the launcher runs as a throwaway display user with Chromium's
+//! sandbox on, as on a device (`launch`); the refusal of root without
+//! `--no-sandbox` and the forged-socket cases run as root.
 //!
 //! Without Chromium these say "skipped: chromium not installed"; under CI
 //! (`CI` set) a missing browser is a failure.
@@ -37,6 +43,7 @@ pub const CASES: &[&str] = &[
     "launcher_refuses_a_forged_control_socket",
     "launcher_revokes_the_token_it_supersedes",
     "launcher_websockets_elsewhere_never_carry_the_token",
+    "launcher_runs_as_the_display_user_with_the_sandbox_on",
 ];
 
 pub fn chromium_present() -> bool {
@@ -61,8 +68,59 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_refuses_a_forged_control_socket" => forged_control(fx).await,
         "launcher_revokes_the_token_it_supersedes" => revokes_superseded(fx).await,
         "launcher_websockets_elsewhere_never_carry_the_token" => websockets_elsewhere(fx).await,
+        "launcher_runs_as_the_display_user_with_the_sandbox_on" => sandboxed(fx).await,
         _ => return None,
     })
+}
+
+/// A server the display user's launcher can reach: as root, its control
+/// socket is 0660 for the display user's group (the service user is a
+/// member) in a directory the display user may traverse, and the display
+/// uid is allowed to mint and connect. `--config FILE` in `extra` gets the
+/// `[control]` section appended.
+fn display_server(fx: &Fx, name: &str, extra: &[&str]) -> Result<ServerProc, String> {
+    let Some((d, _)) = &fx.display else {
+        return fx.spawn_server(name, extra);
+    };
+    let section = format!("\n[control]\ngroup = \"{}\"\n", d.group);
+    let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+    match args.iter().position(|a| a == "--config") {
+        Some(i) => {
+            let cfg = args.get(i + 1).ok_or("--config without a file")?;
+            let mut text = std::fs::read_to_string(cfg).map_err(|e| e.to_string())?;
+            text.push_str(&section);
+            std::fs::write(cfg, text).map_err(|e| e.to_string())?;
+        }
+        None => {
+            let cfg = fx.base.join(format!("{name}.display.toml"));
+            std::fs::write(&cfg, &section).map_err(|e| e.to_string())?;
+            args.push("--config".into());
+            args.push(cfg.display().to_string());
+        }
+    }
+    args.push("--allow-uid".into());
+    args.push(d.uid.to_string());
+    let dir = fx.base.join("run").join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(fx.svc_uid()), None).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .map_err(|e| e.to_string())?;
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    fx.spawn_server(name, &refs)
+}
+
+/// The uid the launcher cases run the launcher as.
+fn launcher_uid(fx: &Fx) -> u32 {
+    fx.display
+        .as_ref()
+        .map_or_else(|| nix::unistd::geteuid().as_raw(), |(d, _)| d.uid)
+}
+
+/// A directory the launcher's uid may write (the display user's home).
+fn launcher_home(fx: &Fx) -> PathBuf {
+    fx.display
+        .as_ref()
+        .map_or_else(|| fx.base.clone(), |(_, h)| h.clone())
 }
 
 fn launch(
@@ -71,16 +129,36 @@ fn launch(
     server: &ServerProc,
     extra: &[String],
 ) -> Result<LauncherProc, String> {
+    launch_env(fx, name, server, extra, &[])
+}
+
+/// The launcher as the display user, Chromium's sandbox on (as root: via
+/// `setpriv`; otherwise as ourselves), against `server`.
+fn launch_env(
+    fx: &Fx,
+    name: &str,
+    server: &ServerProc,
+    extra: &[String],
+    env: &[(&str, &Path)],
+) -> Result<LauncherProc, String> {
     let log = fx.base.join(format!("{name}.launch.log"));
     fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let bin = fx.base.join("bin/screengate-launch");
     let mut args = vec![format!("--server-uid={}", fx.svc_uid())];
     args.extend_from_slice(extra);
-    LauncherProc::start(
-        &fx.base.join("bin/screengate-launch"),
-        &server.control,
-        &log,
-        &args,
-    )
+    match &fx.display {
+        Some((d, home)) => {
+            let mut cmd = d.command(&bin, false);
+            cmd.arg("--control")
+                .arg(&server.control)
+                .arg("--headless")
+                .args(&args)
+                .env("HOME", home)
+                .envs(env.iter().copied());
+            LauncherProc::spawn(cmd, &log)
+        }
+        None => LauncherProc::start_env(&bin, &server.control, &log, &args, env),
+    }
     .map_err(|e| format!("{e:#}"))
 }
 
@@ -172,14 +250,14 @@ async fn refuses_args(fx: &Fx) -> R {
 }
 
 async fn connects(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-connect", &[])?;
+    let s = display_server(fx, "l-connect", &[])?;
     let mut l = launch(
         fx,
         "l-connect",
         &s,
         &[format!(
             "--screenshot={}",
-            fx.base.join("l-connect.png").display()
+            launcher_home(fx).join("l-connect.png").display()
         )],
     )?;
     let took = l
@@ -235,7 +313,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 async fn token_absent(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-proc", &[])?;
+    let s = display_server(fx, "l-proc", &[])?;
     let mut l = launch(fx, "l-proc", &s, &[])?;
     l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
         .await?;
@@ -331,7 +409,7 @@ fn socket_inodes(pid: i32) -> Vec<u64> {
 }
 
 async fn no_tcp_port(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-port", &[])?;
+    let s = display_server(fx, "l-port", &[])?;
     let mut l = launch(fx, "l-port", &s, &[])?;
     l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
         .await?;
@@ -394,7 +472,7 @@ async fn reconnects(fx: &Fx) -> R {
     let mut backend = start_backend()?;
     wait_sock(&sock)?;
     let backend_arg = format!("unix:{}", sock.display());
-    let s = fx.spawn_server("l-reconnect", &["--backend", &backend_arg])?;
+    let s = display_server(fx, "l-reconnect", &["--backend", &backend_arg])?;
     let mut l = launch(fx, "l-reconnect", &s, &[])?;
     l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
         .await?;
@@ -442,7 +520,7 @@ async fn reconnects(fx: &Fx) -> R {
 }
 
 async fn restarts(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-kill", &[])?;
+    let s = display_server(fx, "l-kill", &[])?;
     let mut l = launch(fx, "l-kill", &s, &[])?;
     l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
     let browser_pid = descendants(l.pid().as_raw())
@@ -531,7 +609,7 @@ async fn locked(fx: &Fx) -> R {
         format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
     )
     .map_err(|e| e.to_string())?;
-    let s = fx.spawn_server("l-locked", &["--config", &cfg.to_string_lossy()])?;
+    let s = display_server(fx, "l-locked", &["--config", &cfg.to_string_lossy()])?;
     let mut l = launch(fx, "l-locked", &s, &[])?;
     l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
     l.wait_for(
@@ -582,7 +660,7 @@ fn modes_under(dir: &Path, out: &mut Vec<(PathBuf, u32)>) {
 
 async fn profile_private(fx: &Fx) -> R {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let s = fx.spawn_server("l-profile", &[])?;
+    let s = display_server(fx, "l-profile", &[])?;
     let mut l = launch(fx, "l-profile", &s, &[])?;
     l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
         .await?;
@@ -593,7 +671,7 @@ async fn profile_private(fx: &Fx) -> R {
     }
     let md = std::fs::symlink_metadata(&profile).map_err(|e| e.to_string())?;
     let mode = md.permissions().mode() & 0o7777;
-    if !md.is_dir() || mode != 0o700 || md.uid() != nix::unistd::geteuid().as_raw() {
+    if !md.is_dir() || mode != 0o700 || md.uid() != launcher_uid(fx) {
         return Err(format!(
             "profile {} is mode {mode:o} uid {}, want a 0700 directory of ours",
             profile.display(),
@@ -624,18 +702,10 @@ async fn profile_private(fx: &Fx) -> R {
 }
 
 async fn no_key_log(fx: &Fx) -> R {
-    let keys = fx.base.join("l-keylog.keys");
-    let s = fx.spawn_server("l-keylog", &[])?;
-    let log = fx.base.join("l-keylog.launch.log");
-    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
-    let mut l = LauncherProc::start_env(
-        &fx.base.join("bin/screengate-launch"),
-        &s.control,
-        &log,
-        &[format!("--server-uid={}", fx.svc_uid())],
-        &[("SSLKEYLOGFILE", &keys)],
-    )
-    .map_err(|e| format!("{e:#}"))?;
+    // where the launcher's uid could write it
+    let keys = launcher_home(fx).join("l-keylog.keys");
+    let s = display_server(fx, "l-keylog", &[])?;
+    let mut l = launch_env(fx, "l-keylog", &s, &[], &[("SSLKEYLOGFILE", &keys)])?;
     // the TLS handshake to the gateway happened, and the token went out on it
     l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
         .await?;
@@ -818,7 +888,7 @@ fn ids_of(log: &str, event: &str) -> Vec<String> {
 
 async fn revokes_superseded(fx: &Fx) -> R {
     // TTL 2 s: the launcher re-arms every second, superseding an unused token
-    let s = fx.spawn_server("l-revoke", &["--token-ttl", "2s"])?;
+    let s = display_server(fx, "l-revoke", &["--token-ttl", "2s"])?;
     let mut l = launch(fx, "l-revoke", &s, &[])?;
     l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
         .await?;
@@ -928,7 +998,7 @@ async fn websockets_elsewhere(fx: &Fx) -> R {
         format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
     )
     .map_err(|e| e.to_string())?;
-    let s = fx.spawn_server("l-wsleak", &["--config", &cfg.to_string_lossy()])?;
+    let s = display_server(fx, "l-wsleak", &["--config", &cfg.to_string_lossy()])?;
     let mut l = launch(fx, "l-wsleak", &s, &[])?;
     l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await; // past "later"
@@ -1018,8 +1088,60 @@ async fn websockets_elsewhere(fx: &Fx) -> R {
     Ok(())
 }
 
+fn status_uid(pid: i32) -> Option<u32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+}
+
+async fn sandboxed(fx: &Fx) -> R {
+    let (d, _) = fx.display.as_ref().ok_or("needs root (a display user)")?;
+    let s = display_server(fx, "l-sandbox", &[])?;
+    let mut l = launch(fx, "l-sandbox", &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    if l.log_text().contains("no-sandbox") {
+        return Err("the launcher ran with --no-sandbox".into());
+    }
+    let launcher = l.pid().as_raw();
+    let mut all = vec![launcher];
+    all.extend(descendants(launcher));
+    if all.len() < 3 {
+        return Err("too few Chromium processes under the launcher".into());
+    }
+    let wrong: Vec<(i32, Option<u32>)> = all
+        .iter()
+        .map(|p| (*p, status_uid(*p)))
+        .filter(|(_, u)| *u != Some(d.uid))
+        .collect();
+    if !wrong.is_empty() {
+        return Err(format!(
+            "processes not running as the display uid {}: {wrong:?}",
+            d.uid
+        ));
+    }
+    // the sandbox puts renderers in their own user namespace
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    let own = ns(launcher).ok_or("cannot read the launcher's user namespace")?;
+    let sandboxed = all
+        .iter()
+        .filter(|p| ns(**p).is_some_and(|n| n != own))
+        .count();
+    if sandboxed == 0 {
+        return Err("no Chromium process is in a sandbox user namespace".into());
+    }
+    println!(
+        "      ({} processes as uid {}, {sandboxed} in sandbox namespaces)",
+        all.len(),
+        d.uid
+    );
+    Ok(())
+}
+
 async fn sigterm(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-term", &[])?;
+    let s = display_server(fx, "l-term", &[])?;
     let mut l = launch(fx, "l-term", &s, &[])?;
     l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
     let profile = profile_of(&l).ok_or("no profile path in the log")?;
@@ -1072,7 +1194,7 @@ async fn popups(fx: &Fx) -> R {
         format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
     )
     .map_err(|e| e.to_string())?;
-    let s = fx.spawn_server("l-popup", &["--config", &cfg.to_string_lossy()])?;
+    let s = display_server(fx, "l-popup", &["--config", &cfg.to_string_lossy()])?;
     // Chromium's own popup blocker would stop window.open without a user
     // gesture; turn it off so the launcher's defence is what is tested.
     let mut l = launch(

@@ -195,8 +195,6 @@ impl LauncherProc {
         extra: &[String],
         env: &[(&str, &Path)],
     ) -> Result<Self> {
-        let logf =
-            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("--control")
             .arg(control)
@@ -206,10 +204,16 @@ impl LauncherProc {
             cmd.arg("--chromium-arg=--no-sandbox");
         }
         cmd.envs(env.iter().copied());
+        Self::spawn(cmd, log)
+    }
+
+    /// Runs `cmd` (a launcher command line, perhaps behind `setpriv`) with
+    /// its stderr in `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> Result<Self> {
+        let logf =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
+        let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
         Ok(Self {
             child,
             log: log.to_owned(),
