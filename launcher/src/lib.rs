@@ -485,10 +485,10 @@ fn fail(request_id: &str) -> (&'static str, serde_json::Value) {
     )
 }
 
-/// Resource types whose response starts a new execution context with its
-/// own CSP (documents; dedicated and shared worker scripts are reported as
-/// `Other`, and unknown types are treated the same): their responses are
-/// checked too.
+/// Whether a response must carry a connection-locking CSP of its own. Only
+/// types that can never start an execution context are exempt; documents,
+/// scripts (a worker's main script takes the policy of its own response),
+/// `Other` and any type this list does not know are checked.
 fn needs_own_csp(resource_type: &str) -> bool {
     !matches!(
         resource_type,
@@ -496,7 +496,6 @@ fn needs_own_csp(resource_type: &str) -> bool {
             | "Image"
             | "Media"
             | "Font"
-            | "Script"
             | "TextTrack"
             | "XHR"
             | "Fetch"
@@ -505,8 +504,6 @@ fn needs_own_csp(resource_type: &str) -> bool {
             | "Ping"
             | "CSPViolationReport"
             | "Preflight"
-            | "Prefetch"
-            | "FedCM"
     )
 }
 
@@ -855,6 +852,24 @@ mod tests {
                 .ok()
         });
         assert_eq!(p, Some(Some(0o700)));
+    }
+
+    #[test]
+    fn contexts_need_their_own_csp() {
+        for t in [
+            "Document",
+            "Script",
+            "Other",
+            "",
+            "SignedExchange",
+            "Prefetch",
+            "WebBundle",
+        ] {
+            assert!(needs_own_csp(t), "{t}");
+        }
+        for t in ["Image", "Stylesheet", "Font", "XHR", "Fetch"] {
+            assert!(!needs_own_csp(t), "{t}");
+        }
     }
 
     #[test]
