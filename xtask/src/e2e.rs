@@ -309,6 +309,9 @@ async fn revoked_token_refused(fx: &Fx) -> R {
     if r["ok"] != true {
         return Err(format!("revoke refused: {r}"));
     }
+    if let Some((d, _)) = &fx.display {
+        another_uids_token_cannot_be_revoked(fx, d).await?;
+    }
     let (resp, ws) = handshake(addr, pin, &Request::display(port, Some(&t))).await?;
     if ws.is_some() || resp.status != 403 {
         return Err(format!("revoked token got {}", resp.status));
@@ -322,6 +325,56 @@ async fn revoked_token_refused(fx: &Fx) -> R {
     (ok.status == 101)
         .then_some(())
         .ok_or(format!("an unrevoked token got {}", ok.status))
+}
+
+/// A token the display user minted (with `screengate mint`, as that user)
+/// cannot be revoked by another allowed uid (root here), and stays valid.
+async fn another_uids_token_cannot_be_revoked(fx: &Fx, d: &TempUser) -> R {
+    let cfg = fx.base.join("revoke-uid.toml");
+    std::fs::write(&cfg, format!("[control]\ngroup = \"{}\"\n", d.group))
+        .map_err(|e| e.to_string())?;
+    let dir = fx.base.join("run/revoke-uid");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(fx.svc_uid()), None).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| e.to_string())?;
+    let uid = d.uid.to_string();
+    let s = fx.spawn_server(
+        "revoke-uid",
+        &["--config", &cfg.to_string_lossy(), "--allow-uid", &uid],
+    )?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let out = d
+        .command(&fx.bin, false)
+        .arg("mint")
+        .arg("--control")
+        .arg(&s.control)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        format!(
+            "`screengate mint` as the display user: exit {:?}",
+            out.status.code()
+        )
+    })?;
+    let (Some(t), Some(h)) = (v["token"].as_str(), v["token_id"].as_str()) else {
+        return Err("the display user's mint was refused".into());
+    };
+    fx.tokens
+        .lock()
+        .map_err(|e| e.to_string())?
+        .push(t.to_owned());
+    let line = serde_json::json!({"op": "revoke", "token_id": h}).to_string();
+    let r = screengate_tests::control(&s.control, &line).await?;
+    if r["ok"] != false || r["error"] != "not_yours" {
+        return Err(format!("root revoked the display user's token: {r}"));
+    }
+    let (ok, _ws) = handshake(addr, pin, &Request::display(port, Some(t))).await?;
+    (ok.status == 101).then_some(()).ok_or(format!(
+        "the display user's token got {} after a refused revoke",
+        ok.status
+    ))
 }
 
 async fn revoke_all_closes_sessions(fx: &Fx) -> R {
