@@ -107,6 +107,24 @@ pub fn check_dir(is_dir: bool, owner: u32, mode: u32, server: ServerUid) -> Resu
     Ok(expected)
 }
 
+/// An ancestor of the socket's directory: owned by root or the server's
+/// uid, and if group/other-writable then sticky (so only an entry's owner
+/// can rename it, and the next component's owner is checked in turn).
+pub fn check_ancestor(owner: u32, mode: u32, expected: u32) -> Result<(), String> {
+    if owner != 0 && owner != expected {
+        return Err(format!(
+            "is owned by uid {owner}, not root or the server's uid {expected}"
+        ));
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(format!(
+            "is writable by group or others and not sticky (mode {:o})",
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 /// The connected peer (SO_PEERCRED) must be the server's uid.
 pub fn check_peer(peer: u32, expected: u32) -> Result<(), String> {
     if peer == expected {
@@ -137,9 +155,20 @@ async fn exchange(
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let md = std::fs::symlink_metadata(dir).map_err(unreachable)?;
+    // The directory's real path (links such as /var/run → /run resolved);
+    // the socket's own name is not resolved, so a link there is judged by
+    // SO_PEERCRED.
+    let dir = std::fs::canonicalize(dir).map_err(unreachable)?;
+    let md = std::fs::symlink_metadata(&dir).map_err(unreachable)?;
     let expected = check_dir(md.is_dir(), md.uid(), md.mode(), server)
         .map_err(|why| untrusted(path, format!("its directory {} {why}", dir.display())))?;
+    // Nobody else may be able to swap the directory out from above.
+    for a in dir.ancestors().skip(1) {
+        let md = std::fs::symlink_metadata(a).map_err(unreachable)?;
+        check_ancestor(md.uid(), md.mode(), expected)
+            .map_err(|why| untrusted(path, format!("its ancestor {} {why}", a.display())))?;
+    }
+    let path = &dir.join(path.file_name().unwrap_or_default());
     let exchange = async {
         let s = tokio::net::UnixStream::connect(path)
             .await
@@ -255,6 +284,25 @@ mod tests {
         assert!(why.contains("1234") && why.contains("999"), "{why}");
         let why = check_dir(true, 999, 0o40777, SVC).err().unwrap_or_default();
         assert!(why.contains("writable"), "{why}");
+    }
+
+    #[test]
+    fn ancestors() {
+        assert!(check_ancestor(0, 0o40755, 999).is_ok());
+        assert!(check_ancestor(0, 0o41777, 999).is_ok()); // /tmp
+        assert!(check_ancestor(999, 0o40711, 999).is_ok());
+        for (owner, mode) in [
+            (1234, 0o40755),
+            (1234, 0o41777),
+            (0, 0o40777),
+            (0, 0o40775),
+            (999, 0o40757),
+        ] {
+            assert!(
+                check_ancestor(owner, mode, 999).is_err(),
+                "{owner} {mode:o}"
+            );
+        }
     }
 
     #[test]

@@ -867,8 +867,35 @@ async fn forged_control(fx: &Fx) -> R {
     std::os::unix::fs::symlink(&forged, &rlink).map_err(|e| e.to_string())?;
     expect_untrusted(fx, &rlink, None, "pass --server-uid").await?;
     expect_untrusted(fx, &rlink, Some(svc), &peer).await?;
+    // 5. the server's own directory, inside one the forger owns (it could
+    //    rename the server's directory away and put its own in place)
+    let nested = own.join("server");
+    std::fs::create_dir_all(&nested).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&nested, Some(svc), None).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&nested, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    let nlink = nested.join("c.sock");
+    let _ = std::fs::remove_file(&nlink);
+    std::os::unix::fs::symlink(&forged, &nlink).map_err(|e| e.to_string())?;
+    let anc = format!(
+        "its ancestor {} is owned by uid {}",
+        own.display(),
+        forger.uid
+    );
+    expect_untrusted(fx, &nlink, Some(svc), &anc).await?;
+    // 6. ... or inside a world-writable directory that is not sticky
+    let loose = run.join("l-forge-loose");
+    let inner = loose.join("server");
+    std::fs::create_dir_all(&inner).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&inner, Some(svc), None).map_err(|e| e.to_string())?;
+    let ilink = inner.join("c.sock");
+    let _ = std::fs::remove_file(&ilink);
+    std::os::unix::fs::symlink(&forged, &ilink).map_err(|e| e.to_string())?;
+    expect_untrusted(fx, &ilink, Some(svc), "not sticky").await?;
     drop(child);
-    println!("      (7 forged sockets refused, each with its reason; Chromium never started)");
+    println!("      (9 forged sockets refused, each with its reason; Chromium never started)");
     Ok(())
 }
 
