@@ -944,6 +944,7 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
 
 const NEEDS_ROOT: &[&str] = &[
     "launcher_refuses_a_forged_control_socket",
+    "launcher_bounds_the_control_reply",
     "launcher_runs_as_the_display_user_with_the_sandbox_on",
     "launcher_websockets_elsewhere_never_carry_the_token",
     "mint_from_disallowed_uid_refused",

@@ -44,6 +44,7 @@ pub const CASES: &[&str] = &[
     "launcher_revokes_the_token_it_supersedes",
     "launcher_websockets_elsewhere_never_carry_the_token",
     "launcher_runs_as_the_display_user_with_the_sandbox_on",
+    "launcher_bounds_the_control_reply",
 ];
 
 pub fn chromium_present() -> bool {
@@ -69,6 +70,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_revokes_the_token_it_supersedes" => revokes_superseded(fx).await,
         "launcher_websockets_elsewhere_never_carry_the_token" => websockets_elsewhere(fx).await,
         "launcher_runs_as_the_display_user_with_the_sandbox_on" => sandboxed(fx).await,
+        "launcher_bounds_the_control_reply" => bounded_reply(fx).await,
         _ => return None,
     })
 }
@@ -1164,6 +1166,67 @@ async fn sandboxed(fx: &Fx) -> R {
         all.len(),
         d.uid
     );
+    Ok(())
+}
+
+/// A trusted (service-uid) stand-in control socket whose reply line is
+/// longer than the launcher's bound: refused, retried, never used.
+async fn bounded_reply(fx: &Fx) -> R {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt;
+    let svc = fx.svc.as_ref().ok_or("needs root (a service user)")?;
+    let dir = fx.base.join("run/l-bigreply");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(svc.uid), Some(svc.gid)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let sock = dir.join("c.sock");
+    // a well-formed mint reply, padded past 16 KiB
+    let reply = serde_json::json!({
+        "ok": true, "token": "x", "header": "X-Screengate-Token",
+        "url": "https://localhost:1/", "ws_url": "wss://localhost:1/ws",
+        "origin": "https://localhost:1", "spki_pin": "AAAA", "expires_in_ms": 30000,
+        "pad": "p".repeat(20_000)
+    })
+    .to_string();
+    let exe = fx.peer_exe()?;
+    let mut forger = Reaped(
+        svc.command(&exe, false)
+            .arg("e2e-forge")
+            .arg(&sock)
+            .arg(&reply)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut first = String::new();
+    if let Some(out) = forger.0.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut first);
+    }
+    if first.trim() != "listening" {
+        return Err(format!("the stand-in server did not start: {first:?}"));
+    }
+    let log = fx.base.join("l-bigreply.launch.log");
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let mut l = LauncherProc::start(
+        &fx.base.join("bin/screengate-launch"),
+        &sock,
+        &log,
+        &[format!("--server-uid={}", svc.uid)],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    l.wait_for(
+        "no complete reply line within 16384 bytes",
+        2,
+        Duration::from_secs(10),
+    )
+    .await?;
+    if l.log_text().contains("Chromium started") {
+        return Err("Chromium was started on an oversized reply".into());
+    }
+    drop(l);
+    drop(forger);
     Ok(())
 }
 
