@@ -40,6 +40,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Gateway handshakes whose token's fate is awaited (the page opens one at
 /// a time; anything beyond this is not tracked and expires with its TTL).
 const MAX_IN_FLIGHT: usize = 16;
+/// How long a token superseded at TTL/2 stays valid before it is revoked:
+/// time for a handshake that already carried it (its event not yet read)
+/// to be consumed rather than refused.
+const REVOKE_GRACE: Duration = Duration::from_secs(2);
 /// A browser that lived this long resets the backoff.
 const HEALTHY_LIFE: Duration = Duration::from_secs(30);
 /// Time the browser gets to close cleanly before its process group is killed.
@@ -593,18 +597,40 @@ async fn event_loop(
     let mut first_message_seen = false;
     let half_ttl = gw.ttl / 2;
     let mut next_rearm = tokio::time::Instant::now() + half_ttl;
+    // Superseded tokens waiting out REVOKE_GRACE before their revocation.
+    let mut pending_revoke: Vec<(tokio::time::Instant, String)> = Vec::new();
     loop {
+        let next_revoke = pending_revoke
+            .iter()
+            .map(|(at, _)| *at)
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + MAX_BACKOFF);
         let ev = tokio::select! {
             ev = events.recv() => match ev { Some(ev) => ev, None => return },
+            _ = tokio::time::sleep_until(next_revoke), if !pending_revoke.is_empty() => {
+                let now = tokio::time::Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) =
+                    pending_revoke.drain(..).partition(|(at, _)| *at <= now);
+                pending_revoke = later;
+                for (_, handle) in due {
+                    revoke_superseded(&control, server, &handle).await;
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(next_rearm) => {
                 let session = tab.borrow().session_id.clone();
                 if let Some(s) = session {
                     let next = rearm(&cdp, &control, server, &s).await;
                     let ok = next.is_some();
                     if let Some(new) = next {
-                        // unused and superseded: revoke it now
-                        if let Some(old) = std::mem::replace(&mut armed, new) {
-                            revoke_superseded(&control, server, &old).await;
+                        // Superseded, and unused unless a handshake that
+                        // carried it is not reported yet: revoke it after
+                        // REVOKE_GRACE, so such a handshake is consumed
+                        // first (revoking a consumed token is harmless).
+                        if let Some(old) = std::mem::replace(&mut armed, new)
+                            && pending_revoke.len() < MAX_IN_FLIGHT
+                        {
+                            pending_revoke.push((tokio::time::Instant::now() + REVOKE_GRACE, old));
                         }
                     }
                     next_rearm = tokio::time::Instant::now() + if ok { half_ttl } else { Duration::from_secs(1) };
