@@ -15,6 +15,7 @@
 
 mod chromium;
 mod control;
+mod csp;
 mod transport;
 
 use std::collections::HashSet;
@@ -28,14 +29,21 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use chromium::{INSTALL_HINT, REFUSED_ARGS};
-pub use control::{MintError, Minted, mint};
+pub use chromium::{ALLOWED_ARGS, INSTALL_HINT, Refusal};
+pub use control::{MintError, Minted, ServerUid, mint, revoke};
 use transport::{CallError, Cdp, SessionEvent};
 
 /// First restart delay after the browser dies; doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest restart / retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Gateway handshakes whose token's fate is awaited (the page opens one at
+/// a time; anything beyond this is not tracked and expires with its TTL).
+const MAX_IN_FLIGHT: usize = 16;
+/// How long a token superseded at TTL/2 stays valid before it is revoked:
+/// time for a handshake that already carried it (its event not yet read)
+/// to be consumed rather than refused.
+const REVOKE_GRACE: Duration = Duration::from_secs(2);
 /// A browser that lived this long resets the backoff.
 const HEALTHY_LIFE: Duration = Duration::from_secs(30);
 /// Time the browser gets to close cleanly before its process group is killed.
@@ -46,6 +54,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 pub struct Options {
     /// The control socket.
     pub control: PathBuf,
+    /// The server's uid (`--server-uid`); `None`: the socket directory's owner.
+    pub server_uid: ServerUid,
     /// Explicit Chromium binary.
     pub chromium: Option<PathBuf>,
     /// Headless.
@@ -80,13 +90,13 @@ pub enum LaunchError {
     /// No browser to launch.
     #[error("Chromium not found{0}; install it with `{INSTALL_HINT}` or pass --chromium PATH")]
     NoChromium(String),
-    /// An extra argument would undo the protection.
-    #[error("refusing --chromium-arg {arg}: {name} would undo the launcher's protection")]
+    /// An extra argument is not on the allow-list.
+    #[error("refusing --chromium-arg {arg:?}: {why}")]
     RefusedArg {
         /// The argument as given.
         arg: String,
-        /// The refused flag.
-        name: &'static str,
+        /// Why (names the normalised switch).
+        why: Refusal,
     },
     /// Running as root without an explicit sandbox opt-out.
     #[error(
@@ -129,13 +139,12 @@ enum LifeEnd {
 
 /// Runs until SIGTERM/SIGINT (→ `Ok`) or a fatal error.
 pub async fn run(opts: Options) -> Result<(), LaunchError> {
+    let mut extra = Vec::with_capacity(opts.chromium_args.len());
     for a in &opts.chromium_args {
-        if let Some(name) = chromium::refused(a) {
-            return Err(LaunchError::RefusedArg {
-                arg: a.clone(),
-                name,
-            });
-        }
+        extra.push(chromium::vet(a).map_err(|why| LaunchError::RefusedArg {
+            arg: a.clone(),
+            why,
+        })?);
     }
     let wh: Vec<&str> = opts.window_size.split(',').collect();
     if wh.len() != 2
@@ -146,7 +155,7 @@ pub async fn run(opts: Options) -> Result<(), LaunchError> {
         return Err(LaunchError::WindowSize);
     }
     if nix::unistd::geteuid().is_root() {
-        if !opts.chromium_args.iter().any(|a| a == "--no-sandbox") {
+        if !extra.iter().any(|a| a.name == "no-sandbox") {
             return Err(LaunchError::Root);
         }
         warn!(
@@ -179,10 +188,7 @@ pub async fn run(opts: Options) -> Result<(), LaunchError> {
             m = mint_with_retry(&opts) => m?,
             _ = stopped(&mut term, &mut int) => { info!("stopping (signal before launch)"); return Ok(()) }
         };
-        let profile = tempfile::Builder::new()
-            .prefix("screengate-launch-")
-            .tempdir()
-            .map_err(LaunchError::Profile)?;
+        let profile = private_profile()?;
         let launch = chromium::Launch {
             binary: binary.clone(),
             profile: profile.path().to_owned(),
@@ -190,7 +196,7 @@ pub async fn run(opts: Options) -> Result<(), LaunchError> {
             headless: opts.headless,
             kiosk: opts.kiosk,
             window_size: opts.window_size.clone(),
-            extra: opts.chromium_args.clone(),
+            extra: extra.iter().map(|a| a.raw.clone()).collect(),
         };
         let started = Instant::now();
         let mut browser = match chromium::spawn(&launch) {
@@ -252,6 +258,45 @@ pub async fn run(opts: Options) -> Result<(), LaunchError> {
     }
 }
 
+/// A fresh profile directory, created 0700 (not `tempfile`'s default of
+/// 0777 & !umask) and checked after creation: a directory, ours, 0700.
+fn private_profile() -> Result<tempfile::TempDir, LaunchError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::Builder::new()
+        .prefix("screengate-launch-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(LaunchError::Profile)?;
+    let md = std::fs::symlink_metadata(dir.path()).map_err(LaunchError::Profile)?;
+    check_profile_mode(
+        md.is_dir(),
+        md.uid(),
+        md.mode(),
+        nix::unistd::geteuid().as_raw(),
+    )
+    .map_err(|why| {
+        LaunchError::Profile(std::io::Error::other(format!(
+            "{}: {why}",
+            dir.path().display()
+        )))
+    })?;
+    Ok(dir)
+}
+
+/// The profile directory must be a directory we own with mode exactly 0700.
+fn check_profile_mode(is_dir: bool, uid: u32, mode: u32, euid: u32) -> Result<(), String> {
+    if !is_dir {
+        return Err("not a directory".into());
+    }
+    if uid != euid {
+        return Err(format!("owned by uid {uid}, not {euid}"));
+    }
+    if mode & 0o7777 != 0o700 {
+        return Err(format!("mode {:o}, not 700", mode & 0o7777));
+    }
+    Ok(())
+}
+
 async fn stopped(term: &mut Signal, int: &mut Signal) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
 }
@@ -261,7 +306,7 @@ async fn stopped(term: &mut Signal, int: &mut Signal) {
 async fn mint_with_retry(opts: &Options) -> Result<Minted, LaunchError> {
     let mut wait = FIRST_BACKOFF;
     loop {
-        match mint(&opts.control).await {
+        match mint(&opts.control, opts.server_uid).await {
             Ok(m) => return Ok(m),
             Err(MintError::Refused {
                 error,
@@ -269,7 +314,7 @@ async fn mint_with_retry(opts: &Options) -> Result<Minted, LaunchError> {
             }) if error == "rate_limited" => {
                 tokio::time::sleep(after).await;
             }
-            Err(e @ MintError::Refused { .. }) => return Err(e.into()),
+            Err(e @ (MintError::Refused { .. } | MintError::Untrusted(_))) => return Err(e.into()),
             Err(e) => {
                 warn!(error = %e, retry_in = ?wait, "screengate server unreachable; retrying");
                 tokio::time::sleep(wait).await;
@@ -291,6 +336,8 @@ struct Gateway {
     origin: String,
     ws_url: String,
     ttl: Duration,
+    /// Revocation handle of the first armed token.
+    armed: Option<String>,
 }
 
 /// One browser life: set the tab up, navigate, then keep the token armed
@@ -306,12 +353,14 @@ async fn drive(
         origin: minted.origin.clone(),
         ws_url: minted.ws_url.clone(),
         ttl: minted.expires_in,
+        armed: minted.revoke_handle.clone(),
     };
     let (tab_tx, tab_rx) = watch::channel(Tab::default());
     let loop_cdp = cdp.clone();
     let control = opts.control.clone();
+    let server = opts.server_uid;
     let mut event_loop = AbortOnDrop(tokio::spawn(async move {
-        event_loop(loop_cdp, events, tab_rx, gw, control, screenshot).await
+        event_loop(loop_cdp, events, tab_rx, gw, control, server, screenshot).await
     }));
     let setup = setup(cdp, &tab_tx, &minted).await;
     drop(minted);
@@ -432,6 +481,48 @@ fn same_origin(url: &str, origin: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
 }
 
+/// `Fetch.failRequest` parameters for a request the lock refuses.
+fn fail(request_id: &str) -> (&'static str, serde_json::Value) {
+    (
+        "Fetch.failRequest",
+        json!({"requestId": request_id, "errorReason": "BlockedByClient"}),
+    )
+}
+
+/// Whether a response must carry a connection-locking CSP of its own. Only
+/// types that can never start an execution context are exempt; documents,
+/// scripts (a worker's main script takes the policy of its own response),
+/// `Other` and any type this list does not know are checked.
+fn needs_own_csp(resource_type: &str) -> bool {
+    !matches!(
+        resource_type,
+        "Stylesheet"
+            | "Image"
+            | "Media"
+            | "Font"
+            | "TextTrack"
+            | "XHR"
+            | "Fetch"
+            | "EventSource"
+            | "Manifest"
+            | "Ping"
+            | "CSPViolationReport"
+            | "Preflight"
+    )
+}
+
+/// The path of a URL without query or fragment, for logs.
+fn path_of(url: &str) -> &str {
+    let after = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let start = url
+        .get(after..)
+        .and_then(|r| r.find('/'))
+        .map(|i| i + after)
+        .unwrap_or(url.len());
+    let rest = url.get(start..).unwrap_or("");
+    rest.split(['?', '#']).next().unwrap_or("")
+}
+
 /// The origin part of a URL, for logs (never the path or query).
 fn origin_of(url: &str) -> &str {
     let after = url.find("://").map(|i| i + 3).unwrap_or(0);
@@ -443,24 +534,46 @@ fn origin_of(url: &str) -> &str {
     url.get(..end).unwrap_or("")
 }
 
-async fn rearm(cdp: &Cdp, control: &std::path::Path, session: &str) -> bool {
-    match mint(control).await {
+/// Mints and arms the next token; its revocation handle on success
+/// (`Some(None)` from a server that sends none), `None` on failure.
+async fn rearm(
+    cdp: &Cdp,
+    control: &std::path::Path,
+    server: ServerUid,
+    session: &str,
+) -> Option<Option<String>> {
+    match mint(control, server).await {
         Ok(m) => match set_header(cdp, session, &m.header, &m.token).await {
             Ok(()) => {
                 info!(
                     "armed a fresh token (expires in {} ms)",
                     m.expires_in.as_millis()
                 );
-                true
+                Some(m.revoke_handle.clone())
             }
             Err(e) => {
                 warn!(error = %e, "could not arm the fresh token");
-                false
+                // never armed: it must not stay valid either
+                if let Some(h) = &m.revoke_handle {
+                    revoke_superseded(control, server, h).await;
+                }
+                None
             }
         },
         Err(e) => {
             warn!(error = %e, "could not mint the next token; will retry");
-            false
+            None
+        }
+    }
+}
+
+/// Revokes a token the tab no longer carries, so it is dead before it
+/// expires.
+async fn revoke_superseded(control: &std::path::Path, server: ServerUid, handle: &str) {
+    match revoke(control, server, handle).await {
+        Ok(()) => info!("revoked the superseded token"),
+        Err(e) => {
+            warn!(error = %e, "could not revoke the superseded token; it expires with its TTL")
         }
     }
 }
@@ -471,20 +584,55 @@ async fn event_loop(
     tab: watch::Receiver<Tab>,
     gw: Gateway,
     control: PathBuf,
+    server: ServerUid,
     mut screenshot: Option<PathBuf>,
 ) {
     let mut gateway_sockets: HashSet<String> = HashSet::new();
+    // The handle of the token the tab carries now, and of the token each
+    // gateway handshake in flight carried.
+    let mut armed = gw.armed.clone();
+    let mut in_flight: std::collections::HashMap<String, Option<String>> =
+        std::collections::HashMap::new();
     let mut connected: u64 = 0;
     let mut first_message_seen = false;
     let half_ttl = gw.ttl / 2;
     let mut next_rearm = tokio::time::Instant::now() + half_ttl;
+    // Superseded tokens waiting out REVOKE_GRACE before their revocation.
+    let mut pending_revoke: Vec<(tokio::time::Instant, String)> = Vec::new();
     loop {
+        let next_revoke = pending_revoke
+            .iter()
+            .map(|(at, _)| *at)
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + MAX_BACKOFF);
         let ev = tokio::select! {
             ev = events.recv() => match ev { Some(ev) => ev, None => return },
+            _ = tokio::time::sleep_until(next_revoke), if !pending_revoke.is_empty() => {
+                let now = tokio::time::Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) =
+                    pending_revoke.drain(..).partition(|(at, _)| *at <= now);
+                pending_revoke = later;
+                for (_, handle) in due {
+                    revoke_superseded(&control, server, &handle).await;
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(next_rearm) => {
                 let session = tab.borrow().session_id.clone();
                 if let Some(s) = session {
-                    let ok = rearm(&cdp, &control, &s).await;
+                    let next = rearm(&cdp, &control, server, &s).await;
+                    let ok = next.is_some();
+                    if let Some(new) = next {
+                        // Superseded, and unused unless a handshake that
+                        // carried it is not reported yet: revoke it after
+                        // REVOKE_GRACE, so such a handshake is consumed
+                        // first (revoking a consumed token is harmless).
+                        if let Some(old) = std::mem::replace(&mut armed, new)
+                            && pending_revoke.len() < MAX_IN_FLIGHT
+                        {
+                            pending_revoke.push((tokio::time::Instant::now() + REVOKE_GRACE, old));
+                        }
+                    }
                     next_rearm = tokio::time::Instant::now() + if ok { half_ttl } else { Duration::from_secs(1) };
                 } else {
                     next_rearm = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -494,21 +642,47 @@ async fn event_loop(
         };
         let (session_id, event) = ev;
         match event {
-            Event::RequestPaused { request_id, url } => {
+            Event::RequestPaused {
+                request_id,
+                url,
+                resource_type,
+                response,
+            } => {
                 let Some(s) = session_id.as_deref() else {
                     continue;
                 };
-                let (method, params) = if same_origin(&url, &gw.origin) {
-                    ("Fetch.continueRequest", json!({"requestId": request_id}))
-                } else {
+                let (method, params) = if !same_origin(&url, &gw.origin) {
                     warn!(
                         origin = origin_of(&url),
                         "blocked a request from the display tab to another origin"
                     );
+                    fail(&request_id)
+                } else if let Some(resp) = response {
+                    // A document of the gateway, at the response stage: it
+                    // renders only if its own CSP keeps its connections on
+                    // the gateway (Fetch never sees a WebSocket handshake).
+                    let lock = csp::Gateway {
+                        origin: &gw.origin,
+                        ws_url: &gw.ws_url,
+                    };
+                    match csp::locks_connections(&resp.csp, &lock) {
+                        Ok(()) => ("Fetch.continueRequest", json!({"requestId": request_id})),
+                        Err(why) => {
+                            warn!(
+                                path = path_of(&url),
+                                status = ?resp.status,
+                                "lock violation: refused a document of the gateway: {why}"
+                            );
+                            fail(&request_id)
+                        }
+                    }
+                } else if needs_own_csp(&resource_type) {
                     (
-                        "Fetch.failRequest",
-                        json!({"requestId": request_id, "errorReason": "BlockedByClient"}),
+                        "Fetch.continueRequest",
+                        json!({"requestId": request_id, "interceptResponse": true}),
                     )
+                } else {
+                    ("Fetch.continueRequest", json!({"requestId": request_id}))
                 };
                 if let Err(e) = cdp.call(Some(s), method, params).await {
                     tracing::debug!(error = %e, "Fetch reply failed");
@@ -528,22 +702,50 @@ async fn event_loop(
                 }
             }
             Event::WebSocketCreated { request_id, url } => {
-                if url.starts_with(&gw.ws_url) {
-                    gateway_sockets.insert(request_id);
+                if url == gw.ws_url
+                    || url
+                        .strip_prefix(gw.ws_url.as_str())
+                        .is_some_and(|r| r.starts_with(['?', '#']))
+                {
+                    if gateway_sockets.len() < MAX_IN_FLIGHT * 4 {
+                        gateway_sockets.insert(request_id);
+                    }
+                } else {
+                    // A report, not a pause: the handshake is already on
+                    // its way. The document's CSP is what stops it.
+                    warn!(
+                        origin = origin_of(&url),
+                        "lock violation: the display tab created a WebSocket to a URL other than the gateway's"
+                    );
                 }
             }
             Event::WebSocketWillSendHandshake { request_id } => {
                 if gateway_sockets.contains(&request_id) {
-                    // The armed token is going out on this handshake: arm the next.
+                    // The armed token is going out on this handshake: arm
+                    // the next; the outgoing one is judged by the response.
                     let session = tab.borrow().session_id.clone();
                     if let Some(s) = session {
-                        let ok = rearm(&cdp, &control, &s).await;
+                        let next = rearm(&cdp, &control, server, &s).await;
+                        let ok = next.is_some();
+                        if let Some(new) = next {
+                            let used = std::mem::replace(&mut armed, new);
+                            if in_flight.len() < MAX_IN_FLIGHT {
+                                in_flight.insert(request_id.clone(), used);
+                            }
+                        }
                         next_rearm = tokio::time::Instant::now()
                             + if ok { half_ttl } else { Duration::from_secs(1) };
                     }
                 }
             }
             Event::WebSocketHandshakeResponse { request_id, status } => {
+                // 101 consumed the token; any refusal (503 with the backend
+                // down) left it valid, and the tab no longer carries it.
+                if let Some(Some(used)) = in_flight.remove(&request_id)
+                    && status != 101
+                {
+                    revoke_superseded(&control, server, &used).await;
+                }
                 if gateway_sockets.contains(&request_id) {
                     if status == 101 {
                         connected += 1;
@@ -567,6 +769,7 @@ async fn event_loop(
                 }
             }
             Event::WebSocketClosed { request_id } => {
+                in_flight.remove(&request_id);
                 if gateway_sockets.remove(&request_id) {
                     info!("display session closed; the page will reconnect");
                 }
@@ -644,6 +847,55 @@ mod tests {
             "http://127.0.0.1:9"
         );
         assert_eq!(origin_of("https://a.example"), "https://a.example");
+    }
+
+    #[test]
+    fn profile_mode_must_be_0700_and_ours() {
+        assert!(check_profile_mode(true, 1000, 0o40700, 1000).is_ok());
+        for (is_dir, uid, mode) in [
+            (false, 1000, 0o100700),
+            (true, 0, 0o40700),
+            (true, 1000, 0o40755),
+            (true, 1000, 0o40750),
+            (true, 1000, 0o40701),
+            (true, 1000, 0o41700),
+            (true, 1000, 0o40600),
+        ] {
+            assert!(
+                check_profile_mode(is_dir, uid, mode, 1000).is_err(),
+                "{mode:o}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_profile_is_created_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        // whatever the umask, the mode is the explicit one
+        let p = private_profile().ok().map(|d| {
+            std::fs::metadata(d.path())
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok()
+        });
+        assert_eq!(p, Some(Some(0o700)));
+    }
+
+    #[test]
+    fn contexts_need_their_own_csp() {
+        for t in [
+            "Document",
+            "Script",
+            "Other",
+            "",
+            "SignedExchange",
+            "Prefetch",
+            "WebBundle",
+        ] {
+            assert!(needs_own_csp(t), "{t}");
+        }
+        for t in ["Image", "Stylesheet", "Font", "XHR", "Fetch"] {
+            assert!(!needs_own_csp(t), "{t}");
+        }
     }
 
     #[test]

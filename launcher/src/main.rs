@@ -18,6 +18,11 @@ struct Cli {
     /// The screengate control socket.
     #[arg(long)]
     control: Option<PathBuf>,
+    /// The uid the screengate server runs as. The control socket's
+    /// directory must be owned by root or this uid, and the process on the
+    /// socket must be this uid (default: the directory's owner).
+    #[arg(long)]
+    server_uid: Option<u32>,
     /// The Chromium binary (default: search the usual paths).
     #[arg(long)]
     chromium: Option<PathBuf>,
@@ -47,6 +52,9 @@ fn main() -> ExitCode {
         eprintln!("screengate-launch: cannot make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
     }
+    // Files Chromium creates in the profile (cookies, caches, prefs) are
+    // then owner-only too; wider modes are set explicitly (the screenshot).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // RUST_LOG: one level, default info (see screengate's main.rs for why).
     let level = std::env::var("RUST_LOG")
@@ -63,6 +71,7 @@ fn main() -> ExitCode {
         control: cli
             .control
             .unwrap_or_else(screengate_launcher::default_control),
+        server_uid: screengate_launcher::ServerUid(cli.server_uid),
         chromium: cli.chromium,
         headless: cli.headless,
         kiosk: cli.kiosk,

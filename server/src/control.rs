@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use screengate_token::{Channel, MintError};
+use screengate_token::{Channel, MintError, RevokeError};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -30,6 +30,11 @@ use crate::server::Shared;
 pub enum Request {
     /// Mint a token for a channel.
     Mint(Channel),
+    /// Revoke one token by the `token_id` its mint reply carried
+    /// (authorised for the uid that minted it).
+    Revoke(String),
+    /// Revoke every token minted so far and close every live session.
+    RevokeAll,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +42,8 @@ pub enum Request {
 struct RawRequest {
     op: String,
     channel: Option<String>,
+    token_id: Option<String>,
+    all: Option<bool>,
 }
 
 /// Why a line is not a request; the message goes back to the peer.
@@ -55,7 +62,22 @@ pub fn parse_request(line: &[u8]) -> Result<Request, BadRequest> {
             "not a request object: {e}; expected {{\"op\":\"mint\",\"channel\":\"display\"}}"
         ))
     })?;
+    if raw.op != "mint" && raw.channel.is_some() {
+        return Err(BadRequest("`channel` belongs to mint only".into()));
+    }
+    if raw.op != "revoke" && (raw.token_id.is_some() || raw.all.is_some()) {
+        return Err(BadRequest(
+            "`token_id` and `all` belong to revoke only".into(),
+        ));
+    }
     match raw.op.as_str() {
+        "revoke" => match (raw.token_id, raw.all) {
+            (Some(id), None) => Ok(Request::Revoke(id)),
+            (None, Some(true)) => Ok(Request::RevokeAll),
+            _ => Err(BadRequest(
+                "revoke takes exactly one of {\"token_id\":\"…\"} (from the mint reply) or {\"all\":true}".into(),
+            )),
+        },
         "mint" => {
             let ch = raw.channel.as_deref().unwrap_or("display");
             let channel = ch.parse().map_err(|()| {
@@ -67,7 +89,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, BadRequest> {
             Ok(Request::Mint(channel))
         }
         other => Err(BadRequest(format!(
-            "unknown op `{}`; the only op is mint",
+            "unknown op `{}`; the ops are mint and revoke",
             other.escape_debug()
         ))),
     }
@@ -202,6 +224,17 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
                 json!({"ok": false, "error": "bad_request", "message": message})
             }
             Ok(Request::Mint(channel)) => mint(&shared, uid, pid, channel),
+            Ok(Request::Revoke(handle)) => revoke(&shared, uid, pid, &handle),
+            Ok(Request::RevokeAll) => {
+                shared.authority.revoke_all();
+                let live = shared
+                    .cfg
+                    .max_sessions
+                    .saturating_sub(shared.sessions.available_permits());
+                shared.revoked_all.send_modify(|n| *n = n.wrapping_add(1));
+                audit!(warn, event = "revoke_all", uid, pid, live_sessions = live);
+                json!({"ok": true, "revoked": "all", "sessions_closed": live})
+            }
         };
         if let Err(e) = write_line(&mut wr, &reply).await {
             if e.kind() == std::io::ErrorKind::TimedOut {
@@ -260,8 +293,27 @@ fn mint(shared: &Shared, uid: u32, pid: Option<i32>, channel: Channel) -> serde_
                 "origin": shared.origin(),
                 "spki_pin": shared.server_pin,
                 "channel": channel.as_str(),
+                "token_id": shared.authority.revoke_handle(&m.id, uid),
                 "expires_in_ms": u64::try_from(m.expires_in.as_millis()).unwrap_or(u64::MAX),
             })
+        }
+    }
+}
+
+fn revoke(shared: &Shared, uid: u32, pid: Option<i32>, handle: &str) -> serde_json::Value {
+    match shared.authority.revoke(handle, uid) {
+        Ok(id) => {
+            audit!(info, event = "revoke", uid, pid, token_id = %id);
+            json!({"ok": true, "revoked": 1})
+        }
+        Err(e) => {
+            let error = match e {
+                RevokeError::Malformed => "bad_request",
+                RevokeError::NotYours => "not_yours",
+                RevokeError::Full => "revoked_full",
+            };
+            audit!(warn, event = "revoke_refused", reason = error, uid, pid);
+            json!({"ok": false, "error": error, "message": e.to_string()})
         }
     }
 }
@@ -308,6 +360,18 @@ mod tests {
     }
 
     #[test]
+    fn parses_revoke() {
+        assert_eq!(
+            parse_request(br#"{"op":"revoke","token_id":"ab"}"#),
+            Ok(Request::Revoke("ab".into()))
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"revoke","all":true}"#),
+            Ok(Request::RevokeAll)
+        );
+    }
+
+    #[test]
     fn refuses_malformed_lines_with_messages() {
         for line in [
             &b""[..],
@@ -322,6 +386,14 @@ mod tests {
             br#"{"op":1}"#,
             br#"{"channel":"display"}"#,
             b"\xff\xfe",
+            br#"{"op":"revoke"}"#,
+            br#"{"op":"revoke","all":false}"#,
+            br#"{"op":"revoke","all":true,"token_id":"ab"}"#,
+            br#"{"op":"revoke","all":"yes"}"#,
+            br#"{"op":"revoke","token_id":7}"#,
+            br#"{"op":"revoke","token_id":"ab","channel":"display"}"#,
+            br#"{"op":"mint","token_id":"ab"}"#,
+            br#"{"op":"mint","all":true}"#,
         ] {
             let e = parse_request(line).unwrap_err();
             assert!(!e.0.is_empty());

@@ -512,6 +512,7 @@ async fn admit(
     };
     audit!(info, event = "accepted", peer = %session.peer, peer_uid = uid, token_id = %session.label(), channel = channel.as_str());
     let shutdown = shared.shutdown.clone();
+    let revoked = shared.revoked_all.subscribe();
     ws.max_message_size(shared.cfg.max_message_size)
         .max_frame_size(shared.cfg.max_message_size)
         .read_buffer_size(crate::limits::WS_READ_BUFFER)
@@ -520,7 +521,7 @@ async fn admit(
             shared.cfg.max_message_size,
         ))
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed after 101"))
-        .on_upgrade(move |socket| crate::proxy::run(socket, backend, session, shutdown))
+        .on_upgrade(move |socket| crate::proxy::run(socket, backend, session, shutdown, revoked))
 }
 
 pub(crate) async fn upgrade(

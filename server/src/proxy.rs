@@ -419,6 +419,7 @@ pub(crate) async fn run(
     backend: BackendStream,
     session: Session,
     mut shutdown: watch::Receiver<bool>,
+    mut revoked: watch::Receiver<u64>,
 ) {
     let (c_tx, c_rx) = client.split();
     let (b_tx, b_rx) = backend.split();
@@ -476,6 +477,11 @@ pub(crate) async fn run(
                 "shutdown",
                 Some(client_close(GOING_AWAY, "server shutting down")),
                 Some(backend_close(Some(CloseCode::Away), "server shutting down")),
+            ),
+            Ok(()) = revoked.changed() => break ending(
+                "revoked",
+                Some(client_close(POLICY, "token revoked")),
+                Some(backend_close(None, "")),
             ),
             _ = idle.tick() => {
                 let last = Duration::from_millis(heard.load(Ordering::Relaxed));

@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub tls: TlsAcceptor,
     pub sessions: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
+    /// Bumped by a control `revoke all`: every live session closes.
+    pub revoked_all: watch::Sender<u64>,
     /// Pending connections of the TLS gateway.
     pub pending: Arc<Pending>,
     /// Pending connections of the native listener: its own pool, so a
@@ -224,6 +226,7 @@ impl Server {
             token_header_display,
             tls,
             shutdown: shutdown_rx,
+            revoked_all: watch::channel(0).0,
             pending: Arc::new(Pending::default()),
             native_pending: Arc::new(Pending::default()),
             rate: Mutex::new(RateLimiter {

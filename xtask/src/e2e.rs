@@ -44,6 +44,10 @@ struct Fx {
     pin: Pin,
     tokens: Mutex<Vec<String>>,
     logs: Mutex<Vec<PathBuf>>,
+    /// The display user the launcher cases run as, sandbox on (root runs
+    /// only), with its home directory; the service user is in its group,
+    /// so the control socket can be 0660 for that group.
+    display: Option<(TempUser, PathBuf)>,
     /// The service user the servers drop to (root runs only). Last, so it
     /// is removed after every server above has stopped.
     svc: Option<TempUser>,
@@ -118,17 +122,7 @@ impl Fx {
         token: &str,
     ) -> std::result::Result<(u16, Option<String>), String> {
         use std::io::Write as _;
-        let exe = self.base.join("bin/xtask-peer");
-        if !exe.exists() {
-            // /proc/self/exe, not current_exe(): the running binary may
-            // have been rebuilt (replaced) since it started, as in a CI run,
-            // and its path then names a deleted file; the proc link still
-            // opens the running one.
-            let me = Path::new("/proc/self/exe");
-            std::fs::copy(me, &exe).map_err(|e| format!("copy {}: {e}", me.display()))?;
-            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| e.to_string())?;
-        }
+        let exe = self.peer_exe()?;
         let mut child = user
             .command(&exe, false)
             .args(["e2e-peer", &addr.to_string(), &pin.to_string()])
@@ -152,6 +146,22 @@ impl Fx {
             .find_map(|l| l.strip_prefix("echo "))
             .map(str::to_owned);
         Ok((status, echoed))
+    }
+
+    /// This harness's own binary, copied where the throwaway users may run it.
+    fn peer_exe(&self) -> std::result::Result<PathBuf, String> {
+        let exe = self.base.join("bin/xtask-peer");
+        if !exe.exists() {
+            // /proc/self/exe, not current_exe(): the running binary may
+            // have been rebuilt (replaced) since it started, as in a CI run,
+            // and its path then names a deleted file; the proc link still
+            // opens the running one.
+            let me = Path::new("/proc/self/exe");
+            std::fs::copy(me, &exe).map_err(|e| format!("copy {}: {e}", me.display()))?;
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(exe)
     }
 
     async fn send(&self, req: &Request) -> std::result::Result<Response, String> {
@@ -266,6 +276,150 @@ async fn expired_token_refused(fx: &Fx) -> R {
     (ok.status == 101)
         .then_some(())
         .ok_or(format!("fresh token got {}", ok.status))
+}
+
+async fn revoked_token_refused(fx: &Fx) -> R {
+    let s = fx.spawn_server("revoke", &[])?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (t, v) = fx.mint_on(&s.control).await?;
+    let handle = v["token_id"]
+        .as_str()
+        .ok_or("the mint reply has no token_id")?;
+    // altered, truncated, foreign, empty handles: refused, token untouched
+    let mut altered = handle.to_owned().into_bytes();
+    if let Some(b) = altered.last_mut() {
+        *b = if *b == b'0' { b'1' } else { b'0' };
+    }
+    let altered = String::from_utf8(altered).map_err(|e| e.to_string())?;
+    let (_, other) = fx.mint_on(&fx.main.control).await?;
+    let foreign = other["token_id"].as_str().unwrap_or_default().to_owned();
+    for (bad, want) in [
+        (altered.as_str(), "not_yours"),
+        (foreign.as_str(), "not_yours"),
+        (handle.get(..32).unwrap_or_default(), "bad_request"),
+        ("", "bad_request"),
+    ] {
+        let line = serde_json::json!({"op": "revoke", "token_id": bad}).to_string();
+        let r = screengate_tests::control(&s.control, &line).await?;
+        if r["ok"] != false || r["error"] != want {
+            return Err(format!("revoke with a bad handle: want {want}, got {r}"));
+        }
+    }
+    let line = serde_json::json!({"op": "revoke", "token_id": handle}).to_string();
+    let r = screengate_tests::control(&s.control, &line).await?;
+    if r["ok"] != true {
+        return Err(format!("revoke refused: {r}"));
+    }
+    if let Some((d, _)) = &fx.display {
+        another_uids_token_cannot_be_revoked(fx, d).await?;
+    }
+    let (resp, ws) = handshake(addr, pin, &Request::display(port, Some(&t))).await?;
+    if ws.is_some() || resp.status != 403 {
+        return Err(format!("revoked token got {}", resp.status));
+    }
+    if !s.log_text().contains("reason=\"revoked\"") && !s.log_text().contains("reason=revoked") {
+        return Err("the audit log has no `revoked` refusal".into());
+    }
+    // and another token of the same server still works: it was the revoke
+    let (t2, _) = fx.mint_on(&s.control).await?;
+    let (ok, _ws) = handshake(addr, pin, &Request::display(port, Some(&t2))).await?;
+    (ok.status == 101)
+        .then_some(())
+        .ok_or(format!("an unrevoked token got {}", ok.status))
+}
+
+/// A token the display user minted (with `screengate mint`, as that user)
+/// cannot be revoked by another allowed uid (root here), and stays valid.
+async fn another_uids_token_cannot_be_revoked(fx: &Fx, d: &TempUser) -> R {
+    let cfg = fx.base.join("revoke-uid.toml");
+    std::fs::write(&cfg, format!("[control]\ngroup = \"{}\"\n", d.group))
+        .map_err(|e| e.to_string())?;
+    let dir = fx.base.join("run/revoke-uid");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(fx.svc_uid()), None).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| e.to_string())?;
+    let uid = d.uid.to_string();
+    let s = fx.spawn_server(
+        "revoke-uid",
+        &["--config", &cfg.to_string_lossy(), "--allow-uid", &uid],
+    )?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let out = d
+        .command(&fx.bin, false)
+        .arg("mint")
+        .arg("--control")
+        .arg(&s.control)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        format!(
+            "`screengate mint` as the display user: exit {:?}",
+            out.status.code()
+        )
+    })?;
+    let (Some(t), Some(h)) = (v["token"].as_str(), v["token_id"].as_str()) else {
+        return Err("the display user's mint was refused".into());
+    };
+    fx.tokens
+        .lock()
+        .map_err(|e| e.to_string())?
+        .push(t.to_owned());
+    let line = serde_json::json!({"op": "revoke", "token_id": h}).to_string();
+    let r = screengate_tests::control(&s.control, &line).await?;
+    if r["ok"] != false || r["error"] != "not_yours" {
+        return Err(format!("root revoked the display user's token: {r}"));
+    }
+    let (ok, _ws) = handshake(addr, pin, &Request::display(port, Some(t))).await?;
+    (ok.status == 101).then_some(()).ok_or(format!(
+        "the display user's token got {} after a refused revoke",
+        ok.status
+    ))
+}
+
+async fn revoke_all_closes_sessions(fx: &Fx) -> R {
+    let s = fx.spawn_server("revokeall", &[])?;
+    let (port, pin) = port_and_pin(&s.control).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (live, _) = fx.mint_on(&s.control).await?;
+    let (before, _) = fx.mint_on(&s.control).await?;
+    let (resp, ws) = handshake(addr, pin, &Request::display(port, Some(&live))).await?;
+    let mut ws = ws.ok_or(format!("expected 101, got {}", resp.status))?;
+    echo(&mut ws, "before").await?;
+    for bad in [
+        r#"{"op":"revoke","all":false}"#,
+        r#"{"op":"revoke"}"#,
+        r#"{"op":"revoke","all":true,"token_id":"00"}"#,
+    ] {
+        let r = screengate_tests::control(&s.control, bad).await?;
+        if r["ok"] != false {
+            return Err(format!("{bad} was accepted: {r}"));
+        }
+    }
+    if echo(&mut ws, "still open").await.is_err() {
+        return Err("a refused revoke closed the session".into());
+    }
+    let r = screengate_tests::control(&s.control, r#"{"op":"revoke","all":true}"#).await?;
+    if r["ok"] != true {
+        return Err(format!("revoke all refused: {r}"));
+    }
+    if echo(&mut ws, "after").await.is_ok() {
+        return Err("the live session survived revoke all".into());
+    }
+    let (resp, ws2) = handshake(addr, pin, &Request::display(port, Some(&before))).await?;
+    if ws2.is_some() || resp.status != 403 {
+        return Err(format!(
+            "a token minted before revoke all got {}",
+            resp.status
+        ));
+    }
+    let (after, _) = fx.mint_on(&s.control).await?;
+    let (ok, _ws) = handshake(addr, pin, &Request::display(port, Some(&after))).await?;
+    (ok.status == 101)
+        .then_some(())
+        .ok_or(format!("a token minted after revoke all got {}", ok.status))
 }
 
 async fn bit_flipped_tokens_refused(fx: &Fx) -> R {
@@ -764,6 +918,10 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         }
         "expired_token_refused" => expired_token_refused(fx).await,
         "bit_flipped_tokens_refused" => bit_flipped_tokens_refused(fx).await,
+        "revoked_token_refused" => revoked_token_refused(fx).await,
+        "revoke_all_closes_sessions_and_kills_earlier_tokens" => {
+            revoke_all_closes_sessions(fx).await
+        }
         "truncated_token_refused" => truncated_token_refused(fx).await,
         "random_tokens_refused" => random_tokens_refused(fx).await,
         "empty_token_refused" => empty_token_refused(fx).await,
@@ -790,6 +948,10 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
 }
 
 const NEEDS_ROOT: &[&str] = &[
+    "launcher_refuses_a_forged_control_socket",
+    "launcher_bounds_the_control_reply",
+    "launcher_runs_as_the_display_user_with_the_sandbox_on",
+    "launcher_websockets_elsewhere_never_carry_the_token",
     "mint_from_disallowed_uid_refused",
     "other_user_cannot_open_control_socket",
 ];
@@ -807,6 +969,8 @@ fn case_names() -> Vec<&'static str> {
         "non_ascii_token_refused",
         "token_from_another_device_refused",
         "token_from_before_restart_refused",
+        "revoked_token_refused",
+        "revoke_all_closes_sessions_and_kills_earlier_tokens",
     ];
     v.extend(ORIGINS.iter().map(|(n, _)| *n));
     v.extend(HOSTS.iter().map(|(n, _, _)| *n));
@@ -870,6 +1034,29 @@ pub fn peer(args: &[String]) -> Result<bool> {
     })
 }
 
+/// `xtask e2e-forge SOCK`: a forged control socket, run as another user by
+/// `launcher_refuses_a_forged_control_socket`. Binds SOCK, prints
+/// `listening`, and answers every request line with REPLY (default: a mint
+/// reply naming its own origin and pin), until killed.
+pub fn forge(args: &[String]) -> Result<bool> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let path = args.first().context("usage: e2e-forge SOCK [REPLY]")?;
+    let default = r#"{"ok":true,"token":"forged","header":"X-Screengate-Token","url":"https://localhost:1/","ws_url":"wss://localhost:1/ws","origin":"https://localhost:1","spki_pin":"Zm9yZ2Vk","expires_in_ms":30000}"#;
+    let reply = format!("{}\n", args.get(1).map_or(default, String::as_str));
+    let l = std::os::unix::net::UnixListener::bind(path).context("bind")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    for s in l.incoming().take(100) {
+        let Ok(s) = s else { continue };
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(&s).take(4096).read_line(&mut line);
+        let _ = (&s).write_all(reply.as_bytes());
+    }
+    Ok(true)
+}
+
 pub fn run(args: &[String]) -> Result<bool> {
     let (_, failed) = run_counted(args)?;
     Ok(failed == 0)
@@ -904,6 +1091,19 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
         } else {
             None
         };
+        let display = match &svc {
+            Some(svc) => {
+                let d = TempUser::create("dsp").map_err(anyhow::Error::msg)?;
+                run_ok(Command::new("usermod").args(["-aG", &d.group, &svc.user]))
+                    .map_err(anyhow::Error::msg)?;
+                let home = base.join("home-dsp");
+                std::fs::create_dir_all(&home)?;
+                std::os::unix::fs::chown(&home, Some(d.uid), Some(d.gid))?;
+                std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+                Some((d, home))
+            }
+            None => None,
+        };
         let main_log = base.join("main.log");
         let main = ServerProc::start(
             &bin,
@@ -923,6 +1123,7 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
             pin,
             tokens: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
+            display,
             svc,
         };
         let (mut passed, mut failed, mut skipped) = (0u64, 0u64, 0u64);

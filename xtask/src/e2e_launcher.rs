@@ -1,8 +1,14 @@
 //! e2e cases for `screengate-launch` with real headless Chromium: the page
 //! connects and exchanges messages, the token is nowhere a local user can
 //! read, there is no DevTools TCP port, reconnects use fresh tokens, a
-//! killed browser comes back, the tab is locked to the gateway origin, and
-//! SIGTERM cleans up.
+//! killed browser comes back, the tab is locked to the gateway origin
+//! (WebSockets included), extra switches come from an allow-list, the
+//! profile is private, the environment is cleared, a forged control socket
+//! is refused, superseded tokens are revoked, and SIGTERM cleans up.
+//!
+//! As root the launcher runs as a throwaway display user with Chromium's
+//! sandbox on, as on a device (`launch`); the refusal of root without
+//! `--no-sandbox` and the forged-socket cases run as root.
 //!
 //! Without Chromium these say "skipped: chromium not installed"; under CI
 //! (`CI` set) a missing browser is a failure.
@@ -32,6 +38,13 @@ pub const CASES: &[&str] = &[
     "launcher_tab_is_locked_to_the_gateway_origin",
     "launcher_closes_popup_windows",
     "launcher_sigterm_closes_browser_and_removes_profile",
+    "launcher_profile_is_0700_and_private_while_running",
+    "launcher_sslkeylogfile_in_env_writes_no_key_log",
+    "launcher_refuses_a_forged_control_socket",
+    "launcher_revokes_the_token_it_supersedes",
+    "launcher_websockets_elsewhere_never_carry_the_token",
+    "launcher_runs_as_the_display_user_with_the_sandbox_on",
+    "launcher_bounds_the_control_reply",
 ];
 
 pub fn chromium_present() -> bool {
@@ -51,8 +64,65 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_tab_is_locked_to_the_gateway_origin" => locked(fx).await,
         "launcher_closes_popup_windows" => popups(fx).await,
         "launcher_sigterm_closes_browser_and_removes_profile" => sigterm(fx).await,
+        "launcher_profile_is_0700_and_private_while_running" => profile_private(fx).await,
+        "launcher_sslkeylogfile_in_env_writes_no_key_log" => no_key_log(fx).await,
+        "launcher_refuses_a_forged_control_socket" => forged_control(fx).await,
+        "launcher_revokes_the_token_it_supersedes" => revokes_superseded(fx).await,
+        "launcher_websockets_elsewhere_never_carry_the_token" => websockets_elsewhere(fx).await,
+        "launcher_runs_as_the_display_user_with_the_sandbox_on" => sandboxed(fx).await,
+        "launcher_bounds_the_control_reply" => bounded_reply(fx).await,
         _ => return None,
     })
+}
+
+/// A server the display user's launcher can reach: as root, its control
+/// socket is 0660 for the display user's group (the service user is a
+/// member) in a directory the display user may traverse, and the display
+/// uid is allowed to mint and connect. `--config FILE` in `extra` gets the
+/// `[control]` section appended.
+fn display_server(fx: &Fx, name: &str, extra: &[&str]) -> Result<ServerProc, String> {
+    let Some((d, _)) = &fx.display else {
+        return fx.spawn_server(name, extra);
+    };
+    let section = format!("\n[control]\ngroup = \"{}\"\n", d.group);
+    let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+    match args.iter().position(|a| a == "--config") {
+        Some(i) => {
+            let cfg = args.get(i + 1).ok_or("--config without a file")?;
+            let mut text = std::fs::read_to_string(cfg).map_err(|e| e.to_string())?;
+            text.push_str(&section);
+            std::fs::write(cfg, text).map_err(|e| e.to_string())?;
+        }
+        None => {
+            let cfg = fx.base.join(format!("{name}.display.toml"));
+            std::fs::write(&cfg, &section).map_err(|e| e.to_string())?;
+            args.push("--config".into());
+            args.push(cfg.display().to_string());
+        }
+    }
+    args.push("--allow-uid".into());
+    args.push(d.uid.to_string());
+    let dir = fx.base.join("run").join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(fx.svc_uid()), None).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .map_err(|e| e.to_string())?;
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    fx.spawn_server(name, &refs)
+}
+
+/// The uid the launcher cases run the launcher as.
+fn launcher_uid(fx: &Fx) -> u32 {
+    fx.display
+        .as_ref()
+        .map_or_else(|| nix::unistd::geteuid().as_raw(), |(d, _)| d.uid)
+}
+
+/// A directory the launcher's uid may write (the display user's home).
+fn launcher_home(fx: &Fx) -> PathBuf {
+    fx.display
+        .as_ref()
+        .map_or_else(|| fx.base.clone(), |(_, h)| h.clone())
 }
 
 fn launch(
@@ -61,14 +131,36 @@ fn launch(
     server: &ServerProc,
     extra: &[String],
 ) -> Result<LauncherProc, String> {
+    launch_env(fx, name, server, extra, &[])
+}
+
+/// The launcher as the display user, Chromium's sandbox on (as root: via
+/// `setpriv`; otherwise as ourselves), against `server`.
+fn launch_env(
+    fx: &Fx,
+    name: &str,
+    server: &ServerProc,
+    extra: &[String],
+    env: &[(&str, &Path)],
+) -> Result<LauncherProc, String> {
     let log = fx.base.join(format!("{name}.launch.log"));
     fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
-    LauncherProc::start(
-        &fx.base.join("bin/screengate-launch"),
-        &server.control,
-        &log,
-        extra,
-    )
+    let bin = fx.base.join("bin/screengate-launch");
+    let mut args = vec![format!("--server-uid={}", fx.svc_uid())];
+    args.extend_from_slice(extra);
+    match &fx.display {
+        Some((d, home)) => {
+            let mut cmd = d.command(&bin, false);
+            cmd.arg("--control")
+                .arg(&server.control)
+                .arg("--headless")
+                .args(&args)
+                .env("HOME", home)
+                .envs(env.iter().copied());
+            LauncherProc::spawn(cmd, &log)
+        }
+        None => LauncherProc::start_env(&bin, &server.control, &log, &args, env),
+    }
     .map_err(|e| format!("{e:#}"))
 }
 
@@ -79,20 +171,71 @@ fn profile_of(l: &LauncherProc) -> Option<PathBuf> {
     Some(PathBuf::from(rest.split_whitespace().next()?))
 }
 
+/// Every switch the old deny-list refused, in the spellings it missed
+/// (single dash, no `=value`), and the ones it never listed.
+const HOSTILE_ARGS: &[&str] = &[
+    "-remote-debugging-port=9222",
+    "-remote-debugging-port",
+    "-remote-debugging-address=0.0.0.0",
+    "-remote-allow-origins=*",
+    "-log-net-log=/tmp/screengate-netlog.json",
+    "-log-net-log",
+    "-net-log-capture-mode=Everything",
+    "-disable-web-security",
+    "-ignore-certificate-errors",
+    "-ignore-certificate-errors-spki-list=AAAA",
+    "-user-data-dir=/tmp/x",
+    "-load-extension=/tmp/e",
+    "-disable-extensions-except=/tmp/e",
+    "-auto-open-devtools-for-tabs",
+    "-remote-debugging-pipe",
+    "--ssl-key-log-file=/tmp/keys",
+    "-ssl-key-log-file",
+    "--renderer-cmd-prefix=/bin/sh -c",
+    "-renderer-cmd-prefix",
+    "--browser-subprocess-path=/tmp/x",
+    "--proxy-server=http://127.0.0.1:1",
+    "-proxy-server",
+    "--host-rules=MAP * 127.0.0.1",
+    "--host-resolver-rules=MAP * 127.0.0.1",
+    "-host-resolver-rules",
+    "--enable-logging",
+    "--enable-logging=stderr",
+    "--v=1",
+    "-v=3",
+    "--remote-debugging-port=9222",
+    "--disable-web-security",
+    "https://evil.example/",
+    "--",
+];
+
 async fn refuses_args(fx: &Fx) -> R {
-    for bad in [
-        "--remote-debugging-port=9222",
-        "--disable-web-security",
-        "--user-data-dir=/tmp/x",
-        "--load-extension=/tmp/e",
-    ] {
-        let out = std::process::Command::new(fx.base.join("bin/screengate-launch"))
-            .args(["--control", "/nonexistent", "--headless"])
-            .arg(format!("--chromium-arg={bad}"))
-            .output()
-            .map_err(|e| e.to_string())?;
+    for bad in HOSTILE_ARGS {
+        // A launcher that accepts the switch goes on to mint (and retry
+        // forever against /nonexistent): that is a failure, not a hang.
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::process::Command::new(fx.base.join("bin/screengate-launch"))
+                .args(["--control", "/nonexistent", "--headless"])
+                .arg(format!("--chromium-arg={bad}"))
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| format!("{bad}: accepted (the launcher went on to mint)"))?
+        .map_err(|e| e.to_string())?;
         let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.code() != Some(64) || !err.contains("refusing") {
+        let name = bad
+            .trim_start_matches('-')
+            .split('=')
+            .next()
+            .unwrap_or_default();
+        let named = if bad.starts_with('-') && !name.is_empty() {
+            err.contains(&format!("--{name} is not on"))
+        } else {
+            err.contains("not a Chromium switch")
+        };
+        if out.status.code() != Some(64) || !err.contains("refusing") || !named {
             return Err(format!("{bad}: exit {:?}, {err}", out.status.code()));
         }
     }
@@ -109,14 +252,14 @@ async fn refuses_args(fx: &Fx) -> R {
 }
 
 async fn connects(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-connect", &[])?;
+    let s = display_server(fx, "l-connect", &[])?;
     let mut l = launch(
         fx,
         "l-connect",
         &s,
         &[format!(
             "--screenshot={}",
-            fx.base.join("l-connect.png").display()
+            launcher_home(fx).join("l-connect.png").display()
         )],
     )?;
     let took = l
@@ -172,7 +315,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 async fn token_absent(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-proc", &[])?;
+    let s = display_server(fx, "l-proc", &[])?;
     let mut l = launch(fx, "l-proc", &s, &[])?;
     l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
         .await?;
@@ -268,7 +411,7 @@ fn socket_inodes(pid: i32) -> Vec<u64> {
 }
 
 async fn no_tcp_port(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-port", &[])?;
+    let s = display_server(fx, "l-port", &[])?;
     let mut l = launch(fx, "l-port", &s, &[])?;
     l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
         .await?;
@@ -331,7 +474,7 @@ async fn reconnects(fx: &Fx) -> R {
     let mut backend = start_backend()?;
     wait_sock(&sock)?;
     let backend_arg = format!("unix:{}", sock.display());
-    let s = fx.spawn_server("l-reconnect", &["--backend", &backend_arg])?;
+    let s = display_server(fx, "l-reconnect", &["--backend", &backend_arg])?;
     let mut l = launch(fx, "l-reconnect", &s, &[])?;
     l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
         .await?;
@@ -379,7 +522,7 @@ async fn reconnects(fx: &Fx) -> R {
 }
 
 async fn restarts(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-kill", &[])?;
+    let s = display_server(fx, "l-kill", &[])?;
     let mut l = launch(fx, "l-kill", &s, &[])?;
     l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
     let browser_pid = descendants(l.pid().as_raw())
@@ -468,7 +611,7 @@ async fn locked(fx: &Fx) -> R {
         format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
     )
     .map_err(|e| e.to_string())?;
-    let s = fx.spawn_server("l-locked", &["--config", &cfg.to_string_lossy()])?;
+    let s = display_server(fx, "l-locked", &["--config", &cfg.to_string_lossy()])?;
     let mut l = launch(fx, "l-locked", &s, &[])?;
     l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
     l.wait_for(
@@ -496,8 +639,601 @@ async fn locked(fx: &Fx) -> R {
     Ok(())
 }
 
+/// Every entry under `dir` (files and directories, not following links)
+/// with its mode.
+fn modes_under(dir: &Path, out: &mut Vec<(PathBuf, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.file_type().is_symlink() {
+                continue; // links have no mode of their own (SingletonLock)
+            }
+            out.push((p.clone(), md.permissions().mode() & 0o7777));
+            if md.is_dir() {
+                modes_under(&p, out);
+            }
+        }
+    }
+}
+
+async fn profile_private(fx: &Fx) -> R {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = display_server(fx, "l-profile", &[])?;
+    let mut l = launch(fx, "l-profile", &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    let profile = profile_of(&l).ok_or("no profile path in the launcher log")?;
+    // while Chromium runs
+    if descendants(l.pid().as_raw()).is_empty() {
+        return Err("no Chromium processes under the launcher".into());
+    }
+    let md = std::fs::symlink_metadata(&profile).map_err(|e| e.to_string())?;
+    let mode = md.permissions().mode() & 0o7777;
+    if !md.is_dir() || mode != 0o700 || md.uid() != launcher_uid(fx) {
+        return Err(format!(
+            "profile {} is mode {mode:o} uid {}, want a 0700 directory of ours",
+            profile.display(),
+            md.uid()
+        ));
+    }
+    let mut entries = Vec::new();
+    modes_under(&profile, &mut entries);
+    if entries.len() < 3 {
+        return Err(format!(
+            "only {} entries in the profile: wrong path?",
+            entries.len()
+        ));
+    }
+    let open: Vec<String> = entries
+        .iter()
+        .filter(|(_, m)| m & 0o077 != 0)
+        .map(|(p, m)| format!("{} {m:o}", p.display()))
+        .collect();
+    if !open.is_empty() {
+        return Err(format!("group/other can access: {open:?}"));
+    }
+    println!(
+        "      (profile 0700; {} entries under it, none group/other accessible)",
+        entries.len()
+    );
+    Ok(())
+}
+
+async fn no_key_log(fx: &Fx) -> R {
+    // where the launcher's uid could write it
+    let keys = launcher_home(fx).join("l-keylog.keys");
+    let s = display_server(fx, "l-keylog", &[])?;
+    let mut l = launch_env(fx, "l-keylog", &s, &[], &[("SSLKEYLOGFILE", &keys)])?;
+    // the TLS handshake to the gateway happened, and the token went out on it
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    let browser = descendants(l.pid().as_raw());
+    if browser.is_empty() {
+        return Err("no Chromium processes under the launcher".into());
+    }
+    let mut inherited = Vec::new();
+    let mut read = 0usize;
+    for pid in &browser {
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            read += 1;
+            if env
+                .split(|b| *b == 0)
+                .any(|kv| kv.starts_with(b"SSLKEYLOGFILE="))
+            {
+                inherited.push(*pid);
+            }
+        }
+    }
+    if read == 0 {
+        return Err("could not read any Chromium process's environment".into());
+    }
+    let written = std::fs::metadata(&keys).map(|m| m.len()).ok();
+    if written.is_some() || !inherited.is_empty() {
+        return Err(format!(
+            "key log {} ({written:?} bytes); processes with SSLKEYLOGFILE: {inherited:?}",
+            keys.display()
+        ));
+    }
+    println!(
+        "      (TLS to the gateway done; no key log; {read} Chromium environments without SSLKEYLOGFILE)"
+    );
+    Ok(())
+}
+
+/// Kills a child by pid when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the launcher against `control` and expects it to refuse, naming
+/// `why`, without starting Chromium.
+async fn expect_untrusted(fx: &Fx, control: &Path, server_uid: Option<u32>, why: &str) -> R {
+    let mut cmd = tokio::process::Command::new(fx.base.join("bin/screengate-launch"));
+    cmd.arg("--control").arg(control).arg("--headless");
+    if let Some(u) = server_uid {
+        cmd.arg(format!("--server-uid={u}"));
+    }
+    if nix::unistd::geteuid().is_root() {
+        cmd.arg("--chromium-arg=--no-sandbox");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), cmd.kill_on_drop(true).output())
+        .await
+        .map_err(|_| {
+            format!(
+                "{}: the launcher did not refuse within 10 s",
+                control.display()
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !err.contains("refusing the control socket") || !err.contains(why) {
+        return Err(format!(
+            "{} ({server_uid:?}): exit {:?}, want a refusal naming {why:?}: {err}",
+            control.display(),
+            out.status.code()
+        ));
+    }
+    if err.contains("Chromium started") {
+        return Err(format!(
+            "{}: Chromium was started: {err}",
+            control.display()
+        ));
+    }
+    Ok(())
+}
+
+async fn forged_control(fx: &Fx) -> R {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt;
+    let forger = super::TempUser::create("forge")?;
+    let svc = fx.svc_uid();
+    let run = fx.base.join("run");
+    // the forger's own directory, and its socket there
+    let own = run.join("l-forge-own");
+    std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&own, Some(forger.uid), Some(forger.gid))
+        .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let forged = own.join("c.sock");
+    let exe = fx.peer_exe()?;
+    let mut child = Reaped(
+        forger
+            .command(&exe, false)
+            .arg("e2e-forge")
+            .arg(&forged)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut first = String::new();
+    if let Some(out) = child.0.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut first);
+    }
+    if first.trim() != "listening" {
+        return Err(format!("the forger did not start: {first:?}"));
+    }
+    // self-check: the forger answers like a server would
+    let v = screengate_tests::control(&forged, r#"{"op":"mint","channel":"display"}"#).await?;
+    if v["ok"] != true {
+        return Err(format!("self-check: the forger answered {v}"));
+    }
+    // 1. a directory another uid owns
+    expect_untrusted(
+        fx,
+        &forged,
+        Some(svc),
+        &format!("owned by uid {}", forger.uid),
+    )
+    .await?;
+    // 2. a world-writable (sticky) directory, as /tmp
+    let open = run.join("l-forge-open");
+    std::fs::create_dir_all(&open).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777))
+        .map_err(|e| e.to_string())?;
+    let open_sock = open.join("c.sock");
+    let _ = std::fs::remove_file(&open_sock);
+    std::os::unix::fs::symlink(&forged, &open_sock).map_err(|e| e.to_string())?;
+    expect_untrusted(fx, &open_sock, Some(svc), "writable by group or others").await?;
+    expect_untrusted(fx, &open_sock, None, "writable by group or others").await?;
+    // 3. the server's own directory, but the forger answers (SO_PEERCRED),
+    //    with --server-uid and with the default (the directory's owner)
+    let trusted = run.join("l-forge-link");
+    std::fs::create_dir_all(&trusted).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&trusted, Some(svc), None).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&trusted, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    let link = trusted.join("c.sock");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&forged, &link).map_err(|e| e.to_string())?;
+    let peer = format!("runs as uid {}, not the server's uid {svc}", forger.uid);
+    expect_untrusted(fx, &link, Some(svc), &peer).await?;
+    expect_untrusted(fx, &link, None, &peer).await?;
+    // 4. a root-owned directory without --server-uid: nobody to trust
+    let rootdir = run.join("l-forge-root");
+    std::fs::create_dir_all(&rootdir).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&rootdir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let rlink = rootdir.join("c.sock");
+    let _ = std::fs::remove_file(&rlink);
+    std::os::unix::fs::symlink(&forged, &rlink).map_err(|e| e.to_string())?;
+    expect_untrusted(fx, &rlink, None, "pass --server-uid").await?;
+    expect_untrusted(fx, &rlink, Some(svc), &peer).await?;
+    // 5. the server's own directory, inside one the forger owns (it could
+    //    rename the server's directory away and put its own in place)
+    let nested = own.join("server");
+    std::fs::create_dir_all(&nested).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&nested, Some(svc), None).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&nested, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    let nlink = nested.join("c.sock");
+    let _ = std::fs::remove_file(&nlink);
+    std::os::unix::fs::symlink(&forged, &nlink).map_err(|e| e.to_string())?;
+    let anc = format!(
+        "its ancestor {} is owned by uid {}",
+        own.display(),
+        forger.uid
+    );
+    expect_untrusted(fx, &nlink, Some(svc), &anc).await?;
+    // 6. ... or inside a world-writable directory that is not sticky
+    let loose = run.join("l-forge-loose");
+    let inner = loose.join("server");
+    std::fs::create_dir_all(&inner).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&inner, Some(svc), None).map_err(|e| e.to_string())?;
+    let ilink = inner.join("c.sock");
+    let _ = std::fs::remove_file(&ilink);
+    std::os::unix::fs::symlink(&forged, &ilink).map_err(|e| e.to_string())?;
+    expect_untrusted(fx, &ilink, Some(svc), "not sticky").await?;
+    drop(child);
+    println!("      (9 forged sockets refused, each with its reason; Chromium never started)");
+    Ok(())
+}
+
+/// The `token_id=` values of the server's audit lines with `event`.
+fn ids_of(log: &str, event: &str) -> Vec<String> {
+    let needle = format!("event=\"{event}\"");
+    log.lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            l.split("token_id=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .map(|t| t.trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
+async fn revokes_superseded(fx: &Fx) -> R {
+    // TTL 2 s: the launcher re-arms every second, superseding an unused token
+    let s = display_server(fx, "l-revoke", &["--token-ttl", "2s"])?;
+    let mut l = launch(fx, "l-revoke", &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    l.wait_for("revoked the superseded token", 2, Duration::from_secs(15))
+        .await?;
+    let log = s.log_text();
+    let minted = ids_of(&log, "mint");
+    let revoked = ids_of(&log, "revoke");
+    let accepted = ids_of(&log, "accepted");
+    if revoked.len() < 2 {
+        return Err(format!("the server recorded {} revocations", revoked.len()));
+    }
+    for id in &revoked {
+        if !minted.contains(id) {
+            return Err(format!("revoked {id}, which the server never minted"));
+        }
+    }
+    // Revocation never cost the page a session: no handshake was refused,
+    // and no token was refused for being revoked. (A token consumed by a
+    // handshake that raced the re-arm may be revoked after REVOKE_GRACE:
+    // harmless, the session is already open.)
+    if l.log_text()
+        .contains("the gateway refused the display's handshake")
+        || log.contains("reason=\"revoked\"")
+        || log.contains("reason=revoked ")
+    {
+        return Err("a handshake was refused after a revocation".into());
+    }
+    println!(
+        "      ({} minted, {} superseded and revoked, {} accepted)",
+        minted.len(),
+        revoked.len(),
+        accepted.len()
+    );
+    Ok(())
+}
+
+/// A script that opens WebSockets to `other` (ws://127.0.0.1:PORT) at
+/// load, 500 ms later, and from a blob worker, and connects to the gateway.
+fn leaky_script(other: &str) -> String {
+    format!(
+        "const leak = (why) => {{ try {{ new WebSocket('{other}/' + why); }} catch (e) {{}} }};\n\
+         leak('load');\n\
+         setTimeout(() => leak('later'), 500);\n\
+         try {{ new Worker(URL.createObjectURL(new Blob([\"try {{ new WebSocket('{other}/worker'); }} catch (e) {{}}\"], {{type: 'text/javascript'}}))); }} catch (e) {{}}\n\
+         const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');\n\
+         ws.onopen = () => ws.send('hi');\n\
+         ws.onmessage = () => {{}};\n"
+    )
+}
+
+/// A plain HTTP server that answers every request with `body` and no CSP
+/// (a display server that does not protect its page).
+async fn page_server(body: String) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    tokio::spawn(async move {
+        for _ in 0..50 {
+            let Ok(Ok((mut s, _))) =
+                tokio::time::timeout(Duration::from_secs(60), l.accept()).await
+            else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<String> {
+    let mut v = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        v.push(r);
+    }
+    v
+}
+
+async fn websockets_elsewhere(fx: &Fx) -> R {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt;
+    let (port, mut seen) = recording_server().await?;
+    let other = format!("ws://127.0.0.1:{port}");
+    // 1. the gateway's own CSP: the page renders, connects, and every
+    //    WebSocket elsewhere is refused by Chromium itself
+    let web = fx.base.join("web-wsleak");
+    std::fs::create_dir_all(&web).map_err(|e| e.to_string())?;
+    std::fs::write(
+        web.join("index.html"),
+        "<!doctype html><title>ws leak test</title><script src=\"/app.js\"></script>",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(web.join("app.js"), leaky_script(&other)).map_err(|e| e.to_string())?;
+    let cfg = fx.base.join("wsleak.toml");
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    let s = display_server(fx, "l-wsleak", &["--config", &cfg.to_string_lossy()])?;
+    let mut l = launch(fx, "l-wsleak", &s, &[])?;
+    l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past "later"
+    let with_csp = drain(&mut seen);
+    if !with_csp.is_empty() {
+        return Err(format!(
+            "with the gateway's CSP, {} requests reached the other listener",
+            with_csp.len()
+        ));
+    }
+    drop(l);
+    // 2. a display server without a CSP (a forged but trusted control
+    //    socket names it): the document is refused, nothing leaks
+    let svc = fx.svc.as_ref().ok_or("needs root (a service user)")?;
+    let page = page_server(format!(
+        "<!doctype html><title>ws leak test</title><script>{}</script>",
+        leaky_script(&other)
+    ))
+    .await?;
+    let marker = "e2e-marker-not-a-token-5f3c1a";
+    let reply = serde_json::json!({
+        "ok": true, "token": marker, "header": "X-Screengate-Token",
+        "url": format!("http://127.0.0.1:{page}/"),
+        "ws_url": format!("ws://127.0.0.1:{page}/ws"),
+        "origin": format!("http://127.0.0.1:{page}"),
+        "spki_pin": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "expires_in_ms": 30000
+    })
+    .to_string();
+    let dir = fx.base.join("run/l-nocsp");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(svc.uid), Some(svc.gid)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let sock = dir.join("c.sock");
+    let exe = fx.peer_exe()?;
+    let mut forger = Reaped(
+        svc.command(&exe, false)
+            .arg("e2e-forge")
+            .arg(&sock)
+            .arg(&reply)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut first = String::new();
+    if let Some(out) = forger.0.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut first);
+    }
+    if first.trim() != "listening" {
+        return Err(format!("the stand-in server did not start: {first:?}"));
+    }
+    let log = fx.base.join("l-nocsp.launch.log");
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let mut l = LauncherProc::start(
+        &fx.base.join("bin/screengate-launch"),
+        &sock,
+        &log,
+        &[format!("--server-uid={}", svc.uid)],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    l.wait_for("navigating", 1, Duration::from_secs(30)).await?;
+    // the page's "later" attempt is at 500 ms: judge after 2.5 s, leaks first
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let without = drain(&mut seen);
+    let leaked = without
+        .iter()
+        .filter(|r| r.contains(marker) || r.to_ascii_lowercase().contains("x-screengate-token"))
+        .count();
+    if leaked > 0 || !without.is_empty() {
+        return Err(format!(
+            "without a CSP, {} requests reached the other listener, {leaked} with the token",
+            without.len()
+        ));
+    }
+    if !l.log_text().contains("lock violation: refused a document")
+        || !l.log_text().contains("no Content-Security-Policy")
+    {
+        return Err("the lock violation does not say the CSP is missing".into());
+    }
+    drop(l);
+    drop(forger);
+    println!(
+        "      (gateway CSP: page connected, 0 requests elsewhere; no CSP: document refused, 0 requests elsewhere)"
+    );
+    Ok(())
+}
+
+fn status_uid(pid: i32) -> Option<u32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+}
+
+async fn sandboxed(fx: &Fx) -> R {
+    let (d, _) = fx.display.as_ref().ok_or("needs root (a display user)")?;
+    let s = display_server(fx, "l-sandbox", &[])?;
+    let mut l = launch(fx, "l-sandbox", &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    if l.log_text().contains("no-sandbox") {
+        return Err("the launcher ran with --no-sandbox".into());
+    }
+    let launcher = l.pid().as_raw();
+    let mut all = vec![launcher];
+    all.extend(descendants(launcher));
+    if all.len() < 3 {
+        return Err("too few Chromium processes under the launcher".into());
+    }
+    let wrong: Vec<(i32, Option<u32>)> = all
+        .iter()
+        .map(|p| (*p, status_uid(*p)))
+        .filter(|(_, u)| *u != Some(d.uid))
+        .collect();
+    if !wrong.is_empty() {
+        return Err(format!(
+            "processes not running as the display uid {}: {wrong:?}",
+            d.uid
+        ));
+    }
+    // the sandbox puts renderers in their own user namespace
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    let own = ns(launcher).ok_or("cannot read the launcher's user namespace")?;
+    let sandboxed = all
+        .iter()
+        .filter(|p| ns(**p).is_some_and(|n| n != own))
+        .count();
+    if sandboxed == 0 {
+        return Err("no Chromium process is in a sandbox user namespace".into());
+    }
+    println!(
+        "      ({} processes as uid {}, {sandboxed} in sandbox namespaces)",
+        all.len(),
+        d.uid
+    );
+    Ok(())
+}
+
+/// A trusted (service-uid) stand-in control socket whose reply line is
+/// longer than the launcher's bound: refused, retried, never used.
+async fn bounded_reply(fx: &Fx) -> R {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt;
+    let svc = fx.svc.as_ref().ok_or("needs root (a service user)")?;
+    let dir = fx.base.join("run/l-bigreply");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&dir, Some(svc.uid), Some(svc.gid)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let sock = dir.join("c.sock");
+    // a well-formed mint reply, padded past 16 KiB
+    let reply = serde_json::json!({
+        "ok": true, "token": "x", "header": "X-Screengate-Token",
+        "url": "https://localhost:1/", "ws_url": "wss://localhost:1/ws",
+        "origin": "https://localhost:1", "spki_pin": "AAAA", "expires_in_ms": 30000,
+        "pad": "p".repeat(20_000)
+    })
+    .to_string();
+    let exe = fx.peer_exe()?;
+    let mut forger = Reaped(
+        svc.command(&exe, false)
+            .arg("e2e-forge")
+            .arg(&sock)
+            .arg(&reply)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut first = String::new();
+    if let Some(out) = forger.0.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut first);
+    }
+    if first.trim() != "listening" {
+        return Err(format!("the stand-in server did not start: {first:?}"));
+    }
+    let log = fx.base.join("l-bigreply.launch.log");
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let mut l = LauncherProc::start(
+        &fx.base.join("bin/screengate-launch"),
+        &sock,
+        &log,
+        &[format!("--server-uid={}", svc.uid)],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    l.wait_for(
+        "no complete reply line within 16384 bytes",
+        2,
+        Duration::from_secs(10),
+    )
+    .await?;
+    if l.log_text().contains("Chromium started") {
+        return Err("Chromium was started on an oversized reply".into());
+    }
+    drop(l);
+    drop(forger);
+    Ok(())
+}
+
 async fn sigterm(fx: &Fx) -> R {
-    let s = fx.spawn_server("l-term", &[])?;
+    let s = display_server(fx, "l-term", &[])?;
     let mut l = launch(fx, "l-term", &s, &[])?;
     l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
     let profile = profile_of(&l).ok_or("no profile path in the log")?;
@@ -550,7 +1286,7 @@ async fn popups(fx: &Fx) -> R {
         format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
     )
     .map_err(|e| e.to_string())?;
-    let s = fx.spawn_server("l-popup", &["--config", &cfg.to_string_lossy()])?;
+    let s = display_server(fx, "l-popup", &["--config", &cfg.to_string_lossy()])?;
     // Chromium's own popup blocker would stop window.open without a user
     // gesture; turn it off so the launcher's defence is what is tested.
     let mut l = launch(

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         },
         Some("e2e") => e2e::run(args.get(1..).unwrap_or(&[])),
         Some("e2e-peer") => e2e::peer(args.get(1..).unwrap_or(&[])),
+        Some("e2e-forge") => e2e::forge(args.get(1..).unwrap_or(&[])),
         Some("demo") => demo::run(),
         Some("harden") => harden::run(),
         Some("fuzz") => fuzz::run(args.get(1..).unwrap_or(&[])),

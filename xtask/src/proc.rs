@@ -184,8 +184,17 @@ pub struct LauncherProc {
 
 impl LauncherProc {
     pub fn start(bin: &Path, control: &Path, log: &Path, extra: &[String]) -> Result<Self> {
-        let logf =
-            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        Self::start_env(bin, control, log, extra, &[])
+    }
+
+    /// As [`Self::start`], with extra environment variables for the launcher.
+    pub fn start_env(
+        bin: &Path,
+        control: &Path,
+        log: &Path,
+        extra: &[String],
+        env: &[(&str, &Path)],
+    ) -> Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.arg("--control")
             .arg(control)
@@ -194,10 +203,17 @@ impl LauncherProc {
         if nix::unistd::geteuid().is_root() {
             cmd.arg("--chromium-arg=--no-sandbox");
         }
+        cmd.envs(env.iter().copied());
+        Self::spawn(cmd, log)
+    }
+
+    /// Runs `cmd` (a launcher command line, perhaps behind `setpriv`) with
+    /// its stderr in `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> Result<Self> {
+        let logf =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
+        let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
         Ok(Self {
             child,
             log: log.to_owned(),

@@ -125,6 +125,17 @@ pub enum Incoming {
 /// Note that `Network.webSocketWillSendHandshakeRequest` carries the request
 /// headers, token included: it is parsed into a variant that keeps only the
 /// request id, so the headers cannot be logged by accident.
+/// A request paused at the response stage (`responseStatusCode` or
+/// `responseErrorReason` present).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PausedResponse {
+    /// The HTTP status, if a response arrived.
+    pub status: Option<u16>,
+    /// Every `Content-Security-Policy` header value (name matched without
+    /// regard to case; report-only headers are not included).
+    pub csp: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// `Fetch.requestPaused`: a request waits for continue or fail.
@@ -133,6 +144,10 @@ pub enum Event {
         request_id: String,
         /// The request URL.
         url: String,
+        /// `resourceType` (`Document`, `Script`, …; empty if absent).
+        resource_type: String,
+        /// Present when paused at the response stage.
+        response: Option<PausedResponse>,
     },
     /// `Network.webSocketCreated`.
     WebSocketCreated {
@@ -221,11 +236,42 @@ pub fn parse(frame: &[u8]) -> Result<Incoming, CdpError> {
     }
     let method = need(&v, &["method"])?;
     let session_id = s(&v, &["sessionId"]);
+    fn paused_response(p: &Value) -> Option<PausedResponse> {
+        let status = p.get("responseStatusCode");
+        if status.is_none() && p.get("responseErrorReason").is_none() {
+            return None;
+        }
+        let csp = p
+            .get("responseHeaders")
+            .and_then(Value::as_array)
+            .map(|hs| {
+                hs.iter()
+                    .filter(|h| {
+                        h.get("name")
+                            .and_then(Value::as_str)
+                            .is_some_and(|n| n.eq_ignore_ascii_case("content-security-policy"))
+                    })
+                    .filter_map(|h| h.get("value").and_then(Value::as_str))
+                    // Chromium may join repeated headers with newlines
+                    .flat_map(|v| v.split('\n'))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(PausedResponse {
+            status: status
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok()),
+            csp,
+        })
+    }
     let p = v.get("params").cloned().unwrap_or(Value::Null);
     let event = match method.as_str() {
         "Fetch.requestPaused" => Event::RequestPaused {
             request_id: need(&p, &["requestId"])?,
             url: need(&p, &["request", "url"])?,
+            resource_type: s(&p, &["resourceType"]).unwrap_or_default(),
+            response: paused_response(&p),
         },
         "Network.webSocketCreated" => Event::WebSocketCreated {
             request_id: need(&p, &["requestId"])?,
@@ -370,6 +416,47 @@ mod tests {
     }
 
     #[test]
+    fn parses_a_response_stage_pause_with_its_csp_headers() {
+        let e = parse(br#"{"method":"Fetch.requestPaused","sessionId":"S","params":{"requestId":"i","resourceType":"Document","request":{"url":"https://localhost:1/"},"responseStatusCode":200,"responseHeaders":[{"name":"content-type","value":"text/html"},{"name":"Content-Security-Policy","value":"default-src 'self'"},{"name":"content-security-policy-report-only","value":"connect-src *"},{"name":"CONTENT-SECURITY-POLICY","value":"a\nb"}]}}"#).unwrap();
+        let Incoming::Event {
+            event:
+                Event::RequestPaused {
+                    resource_type,
+                    response: Some(r),
+                    ..
+                },
+            ..
+        } = e
+        else {
+            panic!("{e:?}");
+        };
+        assert_eq!(resource_type, "Document");
+        assert_eq!(r.status, Some(200));
+        assert_eq!(r.csp, vec!["default-src 'self'", "a", "b"]);
+        // request stage: no response fields
+        let e = parse(br#"{"method":"Fetch.requestPaused","params":{"requestId":"i","resourceType":"Document","request":{"url":"https://localhost:1/"}}}"#).unwrap();
+        assert!(matches!(
+            e,
+            Incoming::Event {
+                event: Event::RequestPaused { response: None, .. },
+                ..
+            }
+        ));
+        // a network error at the response stage, no headers
+        let e = parse(br#"{"method":"Fetch.requestPaused","params":{"requestId":"i","request":{"url":"https://localhost:1/"},"responseErrorReason":"Failed"}}"#).unwrap();
+        assert!(matches!(
+            e,
+            Incoming::Event {
+                event: Event::RequestPaused {
+                    response: Some(PausedResponse { status: None, .. }),
+                    ..
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn parses_the_events_we_act_on() {
         let e = parse(br#"{"method":"Fetch.requestPaused","sessionId":"S","params":{"requestId":"interception-1","request":{"url":"http://127.0.0.1:9/x"}}}"#).unwrap();
         assert_eq!(
@@ -378,7 +465,9 @@ mod tests {
                 session_id: Some("S".into()),
                 event: Event::RequestPaused {
                     request_id: "interception-1".into(),
-                    url: "http://127.0.0.1:9/x".into()
+                    url: "http://127.0.0.1:9/x".into(),
+                    resource_type: String::new(),
+                    response: None,
                 }
             }
         );

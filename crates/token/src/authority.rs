@@ -37,6 +37,18 @@ pub const MAX_TTL: Duration = Duration::from_secs(600);
 /// 24 bytes (+ map overhead) is under 4 MiB.
 pub const MAX_LEDGER_ENTRIES: usize = 65_536;
 
+/// Bound on the revoked-id set, swept like the ledger (entries leave one TTL
+/// after revocation, when every token they could name has expired). When it
+/// is full a revocation by id is refused ([`RevokeError::Full`]); revoking
+/// everything needs no entry and always works.
+pub const MAX_REVOKED_ENTRIES: usize = 65_536;
+
+/// Domain separation for revocation handles.
+const REVOKE_LABEL: &[u8] = b"screengate revoke v1\0";
+
+/// Bytes of the MAC in a revocation handle (a forgery needs 2^128 tries).
+const REVOKE_TAG_LEN: usize = 16;
+
 /// How often expired ledger entries are swept (amortises the O(n) retain).
 const SWEEP_INTERVAL_MS: u64 = 1_000;
 
@@ -68,6 +80,10 @@ pub enum Rejection {
     /// older entries have expired.
     #[error("token ledger is full")]
     LedgerFull,
+    /// Genuine and unexpired, but revoked (by id, or by a revoke-all issued
+    /// after it was minted).
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl Rejection {
@@ -81,6 +97,7 @@ impl Rejection {
             Rejection::Expired => "expired",
             Rejection::Replayed => "replayed",
             Rejection::LedgerFull => "ledger_full",
+            Rejection::Revoked => "revoked",
         }
     }
 }
@@ -106,6 +123,21 @@ pub enum MintError {
     LedgerFull,
 }
 
+/// Why a revocation by id was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeError {
+    /// Not a revocation handle (64 lower-case hex digits).
+    #[error("not a revocation handle")]
+    Malformed,
+    /// The handle's MAC does not verify for this uid on this run: minted
+    /// for another uid, by another run, or forged.
+    #[error("not a token this uid minted on this run")]
+    NotYours,
+    /// The revoked-id set is at [`MAX_REVOKED_ENTRIES`].
+    #[error("revoked-id set is full")]
+    Full,
+}
+
 /// A freshly minted token, for the one peer that asked.
 #[derive(Debug)]
 pub struct MintedToken {
@@ -123,6 +155,7 @@ pub struct MintedToken {
 pub struct Verified {
     id: TokenId,
     channel: Channel,
+    issued_ms: u64,
     expires_ms: u64,
 }
 
@@ -154,13 +187,22 @@ impl Consumed {
 
 struct Ledger {
     consumed: HashMap<TokenId, u64>,
+    /// Revoked ids, each with the time after which no token can carry it.
+    revoked: HashMap<TokenId, u64>,
+    /// Every token issued at or before this (ms) is revoked.
+    revoked_through_ms: Option<u64>,
     next_sweep_ms: u64,
 }
 
 impl Ledger {
+    fn is_revoked(&self, id: &TokenId, issued_ms: u64) -> bool {
+        self.revoked.contains_key(id) || self.revoked_through_ms.is_some_and(|t| issued_ms <= t)
+    }
+
     fn sweep_if_due(&mut self, now_ms: u64) {
         if now_ms >= self.next_sweep_ms {
             self.consumed.retain(|_, expires| *expires > now_ms);
+            self.revoked.retain(|_, until| *until > now_ms);
             self.next_sweep_ms = now_ms.saturating_add(SWEEP_INTERVAL_MS);
         }
     }
@@ -217,6 +259,8 @@ impl<C: Clock> Authority<C> {
             ttl_ms,
             ledger: Mutex::new(Ledger {
                 consumed: HashMap::new(),
+                revoked: HashMap::new(),
+                revoked_through_ms: None,
                 next_sweep_ms: 0,
             }),
             max_ledger: MAX_LEDGER_ENTRIES,
@@ -258,15 +302,20 @@ impl<C: Clock> Authority<C> {
         id: TokenId,
     ) -> Result<MintedToken, MintError> {
         let now_ms = self.now_ms();
-        {
+        let issued_ms = {
             let mut ledger = self.lock_ledger();
             ledger.sweep_if_due(now_ms);
             if ledger.consumed.len() >= self.max_ledger {
                 return Err(MintError::LedgerFull);
             }
-        }
+            // A token minted in the same millisecond as a revoke-all, after
+            // it, must not be born revoked.
+            ledger
+                .revoked_through_ms
+                .map_or(now_ms, |t| now_ms.max(t.saturating_add(1)))
+        };
         let expires_ms = now_ms.saturating_add(self.ttl_ms);
-        let body = RawToken::assemble(&self.run_id, &id, channel, now_ms, expires_ms);
+        let body = RawToken::assemble(&self.run_id, &id, channel, issued_ms, expires_ms);
         let tag = self.tag(&body);
         Ok(MintedToken {
             token: SecretToken::new(RawToken::encode(&body, &tag)),
@@ -304,12 +353,19 @@ impl<C: Clock> Authority<C> {
             return Err(Rejection::Expired);
         }
         let id = raw.token_id();
-        if self.lock_ledger().consumed.contains_key(&id) {
-            return Err(Rejection::Replayed);
+        {
+            let ledger = self.lock_ledger();
+            if ledger.is_revoked(&id, raw.issued_ms()) {
+                return Err(Rejection::Revoked);
+            }
+            if ledger.consumed.contains_key(&id) {
+                return Err(Rejection::Replayed);
+            }
         }
         Ok(Verified {
             id,
             channel: claimed_channel,
+            issued_ms: raw.issued_ms(),
             expires_ms: raw.expires_ms(),
         })
     }
@@ -328,6 +384,11 @@ impl<C: Clock> Authority<C> {
         }
         let mut ledger = self.lock_ledger();
         ledger.sweep_if_due(now_ms);
+        // Revocation is checked again here, under the lock: a revoke that
+        // lands between verify and consume wins.
+        if ledger.is_revoked(&verified.id, verified.issued_ms) {
+            return Err(Rejection::Revoked);
+        }
         if ledger.consumed.contains_key(&verified.id) {
             return Err(Rejection::Replayed);
         }
@@ -339,6 +400,61 @@ impl<C: Clock> Authority<C> {
             id: verified.id,
             channel: verified.channel,
         })
+    }
+
+    /// The handle with which `uid` (and only `uid`) can revoke token `id`
+    /// on this run: `hex(id) || hex(HMAC(K_run, label || id || uid)[..16])`.
+    /// Not secret in the way a token is (it cannot open a session), but
+    /// bound to the minting uid without the server storing anything.
+    pub fn revoke_handle(&self, id: &TokenId, uid: u32) -> String {
+        let tag = self.revoke_mac(id, uid).finalize().into_bytes();
+        let mut out = String::with_capacity(64);
+        for b in id.0.iter().chain(tag.iter().take(REVOKE_TAG_LEN)) {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+
+    /// Revokes the token named by `handle`, if `uid` minted it on this run.
+    /// Revoking twice is not an error.
+    pub fn revoke(&self, handle: &str, uid: u32) -> Result<TokenId, RevokeError> {
+        let bytes = decode_hex(handle).ok_or(RevokeError::Malformed)?;
+        let (id_bytes, tag) = bytes.split_at(16);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(id_bytes);
+        let id = TokenId(id);
+        // constant time (hmac's `verify_truncated_left`, subtle underneath)
+        self.revoke_mac(&id, uid)
+            .verify_truncated_left(tag)
+            .map_err(|_| RevokeError::NotYours)?;
+        let now_ms = self.now_ms();
+        let mut ledger = self.lock_ledger();
+        ledger.sweep_if_due(now_ms);
+        if !ledger.revoked.contains_key(&id) {
+            if ledger.revoked.len() >= MAX_REVOKED_ENTRIES {
+                return Err(RevokeError::Full);
+            }
+            // no token of this run lives longer than one TTL from now
+            ledger
+                .revoked
+                .insert(id, now_ms.saturating_add(self.ttl_ms));
+        }
+        Ok(id)
+    }
+
+    /// Revokes every token minted so far on this run.
+    pub fn revoke_all(&self) {
+        let now_ms = self.now_ms();
+        let mut ledger = self.lock_ledger();
+        ledger.revoked_through_ms = Some(now_ms);
+    }
+
+    fn revoke_mac(&self, id: &TokenId, uid: u32) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(REVOKE_LABEL);
+        mac.update(&id.0);
+        mac.update(&uid.to_be_bytes());
+        mac
     }
 
     fn tag(&self, body: &[u8; BODY_LEN]) -> [u8; TAG_LEN] {
@@ -365,6 +481,22 @@ impl<C: Clock> Authority<C> {
 /// forger wrote, which is harmless to log and reveals nothing secret.
 pub fn claimed_id_prefix(text: &str) -> Option<String> {
     RawToken::decode(text).map(|raw| raw.token_id().prefix())
+}
+
+/// Exactly 64 lower-case hex digits → 32 bytes.
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    b.chunks_exact(2)
+        .map(|p| Some(nib(*p.first()?)? << 4 | nib(*p.get(1)?)?))
+        .collect()
 }
 
 fn derive_run_key(device_key: &DeviceKey, run_id: &RunId) -> Result<[u8; 32], AuthorityError> {

@@ -24,8 +24,8 @@ mod secret;
 
 pub use authority::claimed_id_prefix;
 pub use authority::{
-    Authority, AuthorityError, Consumed, MAX_LEDGER_ENTRIES, MAX_TTL, MintError, MintedToken,
-    Rejection, Verified,
+    Authority, AuthorityError, Consumed, MAX_LEDGER_ENTRIES, MAX_REVOKED_ENTRIES, MAX_TTL,
+    MintError, MintedToken, Rejection, RevokeError, Verified,
 };
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use format::{Channel, ENCODED_LEN, RAW_LEN, RunId, TokenId, VERSION};

@@ -480,3 +480,119 @@ mod props {
         }
     }
 }
+
+// ---- revocation -------------------------------------------------------------
+
+fn mint_full(a: &Authority<Arc<ManualClock>>) -> (String, TokenId) {
+    let m = a.mint(Channel::Display).unwrap();
+    (m.token.expose_secret().to_owned(), m.id)
+}
+
+#[test]
+fn revoked_token_is_refused_at_verify_and_consume() {
+    let (a, _) = authority();
+    let (t, id) = mint_full(&a);
+    let (t2, _) = mint_full(&a);
+    let v = a.verify(&t, Channel::Display).unwrap();
+    assert_eq!(a.revoke(&a.revoke_handle(&id, 7), 7), Ok(id));
+    // a revoke landing between verify and consume wins
+    assert_eq!(a.consume(v).unwrap_err(), Rejection::Revoked);
+    assert_eq!(
+        a.verify(&t, Channel::Display).unwrap_err(),
+        Rejection::Revoked
+    );
+    // revoking twice is fine; the other token is untouched
+    assert_eq!(a.revoke(&a.revoke_handle(&id, 7), 7), Ok(id));
+    let v2 = a.verify(&t2, Channel::Display).unwrap();
+    assert!(a.consume(v2).is_ok());
+}
+
+#[test]
+fn revoke_refuses_another_uids_handle() {
+    let (a, _) = authority();
+    let (t, id) = mint_full(&a);
+    let h = a.revoke_handle(&id, 7);
+    for uid in [0, 6, 8, u32::MAX] {
+        assert_eq!(a.revoke(&h, uid), Err(RevokeError::NotYours), "{uid}");
+    }
+    assert!(a.verify(&t, Channel::Display).is_ok());
+}
+
+#[test]
+fn revoke_refuses_another_runs_handle() {
+    let (a, _) = authority();
+    let (b, _) = authority();
+    let (t, id) = mint_full(&a);
+    assert_eq!(
+        a.revoke(&b.revoke_handle(&id, 7), 7),
+        Err(RevokeError::NotYours)
+    );
+    assert!(a.verify(&t, Channel::Display).is_ok());
+}
+
+#[test]
+fn revoke_refuses_altered_and_malformed_handles() {
+    let (a, _) = authority();
+    let (t, id) = mint_full(&a);
+    let h = a.revoke_handle(&id, 7);
+    for i in [0, 31, 32, 63] {
+        let mut b = h.clone().into_bytes();
+        b[i] = if b[i] == b'0' { b'1' } else { b'0' };
+        let altered = String::from_utf8(b).unwrap();
+        assert_eq!(a.revoke(&altered, 7), Err(RevokeError::NotYours), "{i}");
+    }
+    for bad in [
+        String::new(),
+        h[..63].to_owned(),
+        format!("{h}0"),
+        h.to_uppercase(),
+        format!("{}g", &h[..63]),
+        id.prefix(),
+        t.clone(),
+    ] {
+        assert_eq!(a.revoke(&bad, 7), Err(RevokeError::Malformed), "{bad}");
+    }
+    assert!(a.verify(&t, Channel::Display).is_ok());
+}
+
+#[test]
+fn revoke_all_kills_every_earlier_token_not_later_ones() {
+    let (a, clock) = authority();
+    let (t1, _) = mint_full(&a);
+    clock.advance(Duration::from_millis(5));
+    let (t2, _) = mint_full(&a);
+    a.revoke_all();
+    // same millisecond, after the revoke: alive
+    let (t3, _) = mint_full(&a);
+    clock.advance(Duration::from_millis(5));
+    let (t4, _) = mint_full(&a);
+    for t in [&t1, &t2] {
+        assert_eq!(
+            a.verify(t, Channel::Display).unwrap_err(),
+            Rejection::Revoked
+        );
+    }
+    for t in [&t3, &t4] {
+        let v = a.verify(t, Channel::Display).unwrap();
+        assert!(a.consume(v).is_ok());
+    }
+}
+
+#[test]
+fn revoked_set_is_bounded_and_swept() {
+    let (a, clock) = authority();
+    for _ in 0..MAX_REVOKED_ENTRIES {
+        let (_, id) = mint_full(&a);
+        a.revoke(&a.revoke_handle(&id, 1), 1).unwrap();
+    }
+    let (t, id) = mint_full(&a);
+    assert_eq!(
+        a.revoke(&a.revoke_handle(&id, 1), 1),
+        Err(RevokeError::Full)
+    );
+    assert!(a.verify(&t, Channel::Display).is_ok());
+    // one TTL later every entry is gone
+    clock.advance(TTL + Duration::from_secs(2));
+    let (_, id) = mint_full(&a);
+    assert_eq!(a.revoke(&a.revoke_handle(&id, 1), 1), Ok(id));
+}
