@@ -32,7 +32,7 @@ use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, Uri};
-use screengate_token::{Channel, Consumed, Rejection};
+use screengate_token::{Channel, Consumed, Rejection, Verified};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit;
@@ -320,7 +320,8 @@ fn refuse_backend(
     e: &crate::backend::BackendError,
     token_id: Option<String>,
 ) -> Response {
-    tracing::warn!(error = %e, "backend connect failed; token not consumed");
+    // the token is kept unless it already replaced a session
+    tracing::warn!(error = %e, "backend connect failed");
     if let Some(suppressed) = rejection_log_slot() {
         let (expected, actual) = e.uids().unzip();
         audit!(warn, event = "rejected", reason = e.reason(), peer = %peer, peer_uid = uid,
@@ -338,16 +339,21 @@ fn refuse_backend(
 async fn connect_backend(
     shared: &Shared,
     mut replaced: bool,
+    ticket: &mut Ticket,
     token_id: Option<&str>,
-) -> Result<crate::backend::BackendStream, crate::backend::BackendError> {
+) -> Result<crate::backend::BackendStream, ConnectFail> {
     use crate::backend::BackendError;
+    let backend_refusal = ConnectFail::Backend;
     let first = shared.backend.connect().await;
     let busy = matches!(first, Err(BackendError::Busy { .. }));
     if !busy || shared.cfg.when_full != WhenFull::ReplaceOldest {
-        return first;
+        return first.map_err(backend_refusal);
     }
     if !replaced {
-        replaced = shared.roster.replace_oldest();
+        replaced = shared
+            .roster
+            .replace_oldest_if(|| ticket.spend(shared))
+            .map_err(ConnectFail::Spent)?;
         if replaced {
             audit!(
                 info,
@@ -359,7 +365,7 @@ async fn connect_backend(
     }
     if !replaced {
         // Busy with a connection that is not one of our sessions.
-        return first;
+        return first.map_err(backend_refusal);
     }
     let deadline = tokio::time::Instant::now() + crate::limits::REPLACE_RETRY_WINDOW;
     let mut attempt = 1u32;
@@ -375,11 +381,47 @@ async fn connect_backend(
             }
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "backend connect after the replacement failed");
-                return Err(e);
+                return Err(backend_refusal(e));
             }
             Ok(b) => {
                 tracing::debug!(attempt, "backend connected after the replacement");
                 return Ok(b);
+            }
+        }
+    }
+}
+
+/// Why [`connect_backend`] gave up.
+enum ConnectFail {
+    /// The backend could not be reached or authenticated.
+    Backend(crate::backend::BackendError),
+    /// The token could not be spent for a replacement (consumed meanwhile).
+    Spent(Rejection),
+}
+
+/// The token on its way through [`admit`]: verified, then spent. It is
+/// spent at consume, or earlier, just before it replaces a session
+/// (`when_full = "replace_oldest"`), so a token closes at most one.
+enum Ticket {
+    /// No token: the pinned client certificate was the proof.
+    Pinned,
+    /// Verified, not yet spent.
+    Verified(Verified),
+    /// Spent (in the ledger).
+    Spent(Consumed),
+}
+
+impl Ticket {
+    /// Spends a verified token now; a no-op for one already spent or absent.
+    fn spend(&mut self, shared: &Shared) -> Result<(), Rejection> {
+        match std::mem::replace(self, Ticket::Pinned) {
+            Ticket::Verified(v) => {
+                *self = Ticket::Spent(shared.authority.consume(v)?);
+                Ok(())
+            }
+            other => {
+                *self = other;
+                Ok(())
             }
         }
     }
@@ -467,13 +509,19 @@ async fn admit(
             None => return refuse(&peer, uid, Refusal::TokenInFlight, id),
         },
     };
+    let mut ticket = match verified {
+        None => Ticket::Pinned,
+        Some(v) => Ticket::Verified(v),
+    };
     let mut replaced = false;
     let slot = match shared.sessions.clone().try_acquire_owned() {
         Ok(s) => s,
-        Err(_)
-            if shared.cfg.when_full == WhenFull::ReplaceOldest
-                && shared.roster.replace_oldest() =>
-        {
+        Err(_) if shared.cfg.when_full == WhenFull::ReplaceOldest => {
+            match shared.roster.replace_oldest_if(|| ticket.spend(&shared)) {
+                Ok(true) => {}
+                Ok(false) => return refuse(&peer, uid, Refusal::SessionLimit, id),
+                Err(r) => return refuse(&peer, uid, Refusal::Token(r), id),
+            }
             audit!(
                 info,
                 event = "replacing_oldest",
@@ -493,13 +541,15 @@ async fn admit(
         }
         Err(_) => return refuse(&peer, uid, Refusal::SessionLimit, id),
     };
-    let backend = match connect_backend(&shared, replaced, id.as_deref()).await {
+    let backend = match connect_backend(&shared, replaced, &mut ticket, id.as_deref()).await {
         Ok(b) => b,
-        Err(e) => return refuse_backend(&peer, uid, &e, id),
+        Err(ConnectFail::Backend(e)) => return refuse_backend(&peer, uid, &e, id),
+        Err(ConnectFail::Spent(r)) => return refuse(&peer, uid, Refusal::Token(r), id),
     };
-    let auth = match verified {
-        None => SessionAuth::PinnedClientCert,
-        Some(v) => match shared.authority.consume(v) {
+    let auth = match ticket {
+        Ticket::Pinned => SessionAuth::PinnedClientCert,
+        Ticket::Spent(c) => SessionAuth::Token(c),
+        Ticket::Verified(v) => match shared.authority.consume(v) {
             Ok(c) => SessionAuth::Token(c),
             Err(r) => return refuse(&peer, uid, Refusal::Token(r), id),
         },

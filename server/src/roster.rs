@@ -100,21 +100,31 @@ impl Roster {
     }
 
     /// Asks the oldest session to end (it leaves the roster now, so two
-    /// newcomers never pick the same one). False when there is none.
-    pub fn replace_oldest(&self) -> bool {
-        let oldest = self
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_first();
-        match oldest {
+    /// newcomers never pick the same one), once `pay` succeeded: the
+    /// newcomer spends its token first, so a token closes at most one
+    /// session whatever happens to its own handshake afterwards (a client
+    /// that hangs up mid-retry cannot come back with it). `Ok(false)` when
+    /// there is no session to replace (nothing was paid).
+    pub fn replace_oldest_if<E>(&self, pay: impl FnOnce() -> Result<(), E>) -> Result<bool, E> {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if live.is_empty() {
+            return Ok(false);
+        }
+        pay()?;
+        match live.pop_first() {
             Some((_, n)) => {
                 // Stores a permit if the supervisor is not waiting right now.
                 n.notify_one();
-                true
+                Ok(true)
             }
-            None => false,
+            None => Ok(false),
         }
+    }
+
+    /// [`Roster::replace_oldest_if`] with nothing to pay.
+    #[cfg(test)]
+    pub fn replace_oldest(&self) -> bool {
+        self.replace_oldest_if(|| Ok::<(), ()>(())).unwrap_or(false)
     }
 
     /// Sessions in the roster.
@@ -155,6 +165,33 @@ mod tests {
         drop(other);
         drop(again);
         assert!(c.held.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn nothing_is_replaced_unless_paid_and_nothing_paid_for_nothing() {
+        let r = Arc::new(Roster::default());
+        let mut paid = 0;
+        // empty: not paid
+        assert_eq!(
+            r.replace_oldest_if(|| {
+                paid += 1;
+                Ok::<(), ()>(())
+            }),
+            Ok(false)
+        );
+        assert_eq!(paid, 0);
+        let _a = r.join();
+        // payment refused: nobody replaced
+        assert_eq!(r.replace_oldest_if(|| Err("spent")), Err("spent"));
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r.replace_oldest_if(|| {
+                paid += 1;
+                Ok::<(), ()>(())
+            }),
+            Ok(true)
+        );
+        assert_eq!((paid, r.len()), (1, 0));
     }
 
     #[tokio::test]

@@ -40,6 +40,7 @@ pub const CASES: &[&str] = &[
     "sdk_busy_refuse_503_backend_busy_token_kept",
     "sdk_busy_replace_oldest_first_gets_1000_second_echoes",
     "sdk_one_token_raced_replaces_at_most_one_session",
+    "sdk_a_token_that_replaced_is_spent_even_if_its_client_hangs_up",
     "sdk_backend_of_another_uid_503_uid_mismatch",
     "sdk_client_key_0644_refused_by_check_and_serve",
     "sdk_client_key_symlink_refused_by_check_and_serve",
@@ -65,6 +66,9 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "sdk_busy_refuse_503_backend_busy_token_kept" => busy_refuse(fx).await,
         "sdk_busy_replace_oldest_first_gets_1000_second_echoes" => busy_replace(fx).await,
         "sdk_one_token_raced_replaces_at_most_one_session" => raced_replace(fx).await,
+        "sdk_a_token_that_replaced_is_spent_even_if_its_client_hangs_up" => {
+            hangup_replace(fx).await
+        }
         "sdk_backend_of_another_uid_503_uid_mismatch" => other_uid(fx).await,
         "sdk_client_key_0644_refused_by_check_and_serve" => loose_key(fx).await,
         "sdk_client_key_symlink_refused_by_check_and_serve" => linked_key(fx).await,
@@ -895,6 +899,92 @@ async fn raced_replace(fx: &Fx) -> R {
     }
     if !log.contains("token_in_flight") && !log.contains("replayed") {
         return Err(format!("the losing copies left no reason: {}", tail(&log)));
+    }
+    Ok(())
+}
+
+/// The review's cancellation attack: a handshake that replaced a session
+/// and then hung up (its handler dropped while waiting for the slot) must
+/// not leave its token usable to replace the next session too.
+async fn hangup_replace(fx: &Fx) -> R {
+    // the SDK (one connection at a time): after the replacement the
+    // newcomer retries its 409s until the SDK lets the old one go, and
+    // hangs up inside that window
+    let pki = Pki::make(fx, "hangup", false)?;
+    let sdk = Sdk::start(fx, "hangup", &pki, &pki, 0, None)?;
+    let g = gate(
+        fx,
+        "sdk-hangup",
+        &tls_config(&pki, sdk.port, "when_full = \"replace_oldest\"", "", true),
+    )
+    .await?;
+    let t0 = g.mint(fx).await?;
+    let mut victim = g.open(&t0).await?;
+    echo_ok(&mut victim, "victim").await?;
+    let t = g.mint(fx).await?;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost:{p}\r\nOrigin: https://localhost:{p}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Screengate-Token: {t}\r\n\r\n",
+        p = g.addr.port()
+    );
+    let mut c = screengate_tests::tls_connect(g.addr, g.pin).await?;
+    c.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !g.proc.log_text().contains("replacing_oldest") {
+        if Instant::now() > deadline {
+            return Err(format!("no replacement: {}", tail(&g.proc.log_text())));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(c); // hang up inside the retry window
+    drop(victim);
+    // the real display's next session (the SDK may hold its slot for its
+    // 5 s shutdown timer: retried like the page does)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t2 = g.mint(fx).await?;
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut display = loop {
+        match g.try_open(&t2).await? {
+            (101, Some(ws)) => break ws,
+            (st, _) if Instant::now() > deadline => {
+                return Err(format!(
+                    "the display got {st}: {}",
+                    tail(&g.proc.log_text())
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    echo_ok(&mut display, "display").await?;
+    // the same token again: spent, so it replaces nobody
+    let (st, ws) = g.try_open(&t).await?;
+    if st == 101 || ws.is_some() {
+        return Err("the token that already replaced a session got in again".into());
+    }
+    if tokio::time::timeout(Duration::from_millis(1500), close_of(&mut display))
+        .await
+        .is_ok()
+    {
+        return Err(format!(
+            "a token that already replaced a session replaced the display's too (status {st}); log: {}",
+            tail(&g.proc.log_text())
+        ));
+    }
+    echo_ok(&mut display, "display still here").await?;
+    let log = g.proc.log_text();
+    drop(sdk);
+    let replacing = log
+        .lines()
+        .filter(|l| l.contains("replacing_oldest"))
+        .count();
+    if replacing != 1 || !log.contains("replayed") {
+        return Err(format!(
+            "{replacing} replacements, status {st} (want 1 and replayed); log: {}",
+            tail(&log)
+        ));
     }
     Ok(())
 }
