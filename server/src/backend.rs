@@ -168,8 +168,10 @@ impl Backend {
         let _ = s.set_nodelay(true);
         if self.uid.is_some() {
             // The backend's end of this connection: its own address is our
-            // peer address, its peer is our local address. An accepted
-            // socket carries the uid of the listener's owner.
+            // peer address, its peer is our local address. The kernel's
+            // owner of that socket is what is compared (the review found it
+            // is the accepting process's uid, even for a listener another
+            // uid made and handed over).
             let owner = match (s.local_addr(), s.peer_addr()) {
                 (Ok(local), Ok(peer)) => backend_socket_owner(peer, local).await,
                 (Err(e), _) | (_, Err(e)) => Err(e.to_string()),

@@ -110,6 +110,26 @@ pub fn classify_io(e: &std::io::Error) -> TlsFailure {
 /// (service user's or root's, not writable by others); none may be a link.
 /// A missing file is a problem too.
 pub fn check_files(t: &BackendTlsConfig, uid: u32) -> Vec<IdentityError> {
+    let mut problems = Vec::new();
+    for (path, kind) in files(t) {
+        if std::fs::symlink_metadata(path).is_err() {
+            problems.push(IdentityError::Permissions {
+                path: path.to_owned(),
+                what: "does not exist or cannot be read".into(),
+                fix: "point the [backend_tls] setting at the SDK's file".into(),
+            });
+            continue;
+        }
+        // the same open, fstat and directory checks the server's read makes
+        if let Err(p) = fsutil::read_checked(path, kind, uid) {
+            problems.extend(p);
+        }
+    }
+    problems
+}
+
+/// The `[backend_tls]` files and the rule each is read under.
+fn files(t: &BackendTlsConfig) -> Vec<(&Path, Kind)> {
     let mut files: Vec<(&Path, Kind)> = Vec::new();
     if let BackendTrust::Ca(ca) = &t.trust {
         files.push((ca, Kind::Protected));
@@ -118,32 +138,18 @@ pub fn check_files(t: &BackendTlsConfig, uid: u32) -> Vec<IdentityError> {
         files.push((cert, Kind::Protected));
         files.push((key, Kind::Secret));
     }
-    let mut problems = Vec::new();
-    for (path, kind) in files {
-        if std::fs::symlink_metadata(path).is_err() {
-            problems.push(IdentityError::Corrupt {
-                path: path.to_owned(),
-                what: "does not exist or cannot be read".into(),
-            });
-            continue;
-        }
-        problems.extend(fsutil::check_path(path, kind, uid));
-    }
-    problems
+    files
 }
 
-fn read(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, BackendTlsError> {
-    match fsutil::read_private(path)? {
-        Some(b) => Ok(zeroize::Zeroizing::new(b)),
-        None => Err(BackendTlsError::Content {
-            path: path.to_owned(),
-            what: "does not exist".into(),
-        }),
-    }
+/// Reads one file under its rule (checked on the open file itself).
+fn read(path: &Path, kind: Kind, uid: u32) -> Result<zeroize::Zeroizing<Vec<u8>>, BackendTlsError> {
+    fsutil::read_checked(path, kind, uid)
+        .map(zeroize::Zeroizing::new)
+        .map_err(BackendTlsError::Permissions)
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BackendTlsError> {
-    let pem = read(path)?;
+fn certs(path: &Path, uid: u32) -> Result<Vec<CertificateDer<'static>>, BackendTlsError> {
+    let pem = read(path, Kind::Protected, uid)?;
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
     match certs {
         Ok(c) if !c.is_empty() => Ok(c),
@@ -179,7 +185,7 @@ pub fn connector(
     let builder = match &t.trust {
         BackendTrust::Ca(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in certs(ca)? {
+            for c in certs(ca, uid)? {
                 roots.add(c).map_err(|e| BackendTlsError::Content {
                     path: ca.clone(),
                     what: format!("not a usable trust anchor: {e}"),
@@ -206,8 +212,8 @@ pub fn connector(
     let cfg = match &t.client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = certs(cert)?;
-            let pem = read(key)?;
+            let chain = certs(cert, uid)?;
+            let pem = read(key, Kind::Secret, uid)?;
             let key_der =
                 PrivateKeyDer::from_pem_slice(&pem).map_err(|_| BackendTlsError::Content {
                     path: key.clone(),
@@ -358,6 +364,77 @@ mod file_tests {
             connector(&cfg(d.path()), uid()),
             Err(BackendTlsError::Permissions(_))
         ));
+    }
+
+    #[test]
+    fn files_in_a_directory_others_can_write_are_refused() {
+        // the review's swap: a folder others can write lets them rename
+        // the SDK's CA away and put theirs in place between check and read
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("certs");
+        std::fs::create_dir(&sub).unwrap();
+        put(&sub, "ca.cert", 0o644);
+        put(&sub, "client.chain", 0o644);
+        put(&sub, "client.key", 0o600);
+        assert!(check_files(&cfg(&sub), uid()).is_empty());
+        for mode in [0o777, 0o775, 0o757] {
+            std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(mode)).unwrap();
+            let p = check_files(&cfg(&sub), uid());
+            assert_eq!(p.len(), 3, "{mode:o}: {p:?}");
+            for e in &p {
+                let t = e.to_string();
+                assert!(
+                    t.contains("directory above") && t.contains(&sub.display().to_string()),
+                    "{t}"
+                );
+            }
+            assert!(matches!(
+                connector(&cfg(&sub), uid()),
+                Err(BackendTlsError::Permissions(_))
+            ));
+        }
+        // sticky, as /tmp: nobody can rename another's file in it
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(check_files(&cfg(&sub), uid()).is_empty());
+    }
+
+    #[test]
+    fn a_fifo_or_directory_in_place_of_a_file_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), "ca.cert", 0o644);
+        put(d.path(), "client.chain", 0o644);
+        nix::unistd::mkfifo(
+            &d.path().join("client.key"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        // opening a FIFO for reading would block until a writer came
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = cfg(d.path());
+        std::thread::spawn(move || {
+            let _ = tx.send(check_files(&c, uid()));
+        });
+        let p = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("check blocked on a FIFO");
+        assert!(
+            p.iter()
+                .any(|e| e.to_string().contains("not a regular file")),
+            "{p:?}"
+        );
+        assert!(
+            !p.iter()
+                .any(|e| e.to_string().contains("screengate init --force")),
+            "{p:?}"
+        );
+        std::fs::remove_file(d.path().join("client.key")).unwrap();
+        std::fs::create_dir(d.path().join("client.key")).unwrap();
+        let p = check_files(&cfg(d.path()), uid());
+        assert!(
+            p.iter()
+                .any(|e| e.to_string().contains("not a regular file")),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -21,10 +21,12 @@ pub const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Lookups of the owner of the backend's socket (`backend_uid`) before a
 /// socket not found counts as unknown (refused), and the pause between
 /// them: the kernel makes the accepted socket a moment after our connect
-/// returns. At most 20 × 5 ms, inside [`BACKEND_CONNECT_TIMEOUT`].
-pub const BACKEND_UID_LOOKUPS: u32 = 20;
+/// returns, and a busy SDK may accept late. At most 100 × 10 ms (was
+/// 20 × 5 ms: an SDK accepting after 100 ms was refused as unknown on a
+/// loaded device), inside [`BACKEND_CONNECT_TIMEOUT`].
+pub const BACKEND_UID_LOOKUPS: u32 = 100;
 /// See [`BACKEND_UID_LOOKUPS`].
-pub const BACKEND_UID_LOOKUP_PAUSE: Duration = Duration::from_millis(5);
+pub const BACKEND_UID_LOOKUP_PAUSE: Duration = Duration::from_millis(10);
 /// `when_full = "replace_oldest"`: how long a newcomer waits for the slot
 /// of the session it replaced (that session's closes take at most two
 /// [`CLOSE_DEADLINE`]s: the WebSocket close, then the TLS close_notify).

@@ -169,6 +169,25 @@ pub fn check_path(path: &Path, kind: Kind, uid: u32) -> Vec<IdentityError> {
         ));
         return problems;
     }
+    problems.extend(check_meta(path, &meta, kind, uid));
+    problems
+}
+
+/// The rule for `kind` applied to `meta` (from `lstat` of the path, or
+/// `fstat` of an open file, which is what is actually read).
+pub fn check_meta(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    kind: Kind,
+    uid: u32,
+) -> Vec<IdentityError> {
+    let mut problems = Vec::new();
+    let p = path.display();
+    let perm = |what: String, fix: String| IdentityError::Permissions {
+        path: path.to_owned(),
+        what,
+        fix,
+    };
     let mode = meta.mode() & 0o7777;
     match kind {
         Kind::PrivateDir => {
@@ -199,7 +218,7 @@ pub fn check_path(path: &Path, kind: Kind, uid: u32) -> Vec<IdentityError> {
             if !meta.is_file() {
                 problems.push(perm(
                     "is not a regular file".into(),
-                    format!("remove {p} and run `screengate init`"),
+                    format!("replace {p} with the key file itself (screengate's own keys: remove it and run `screengate init`)"),
                 ));
                 return problems;
             }
@@ -244,6 +263,113 @@ pub fn check_path(path: &Path, kind: Kind, uid: u32) -> Vec<IdentityError> {
                     format!("chmod go-w {p}"),
                 ));
             }
+        }
+    }
+    problems
+}
+
+/// Reads a file another program provides (e.g. the SDK's certificates
+/// and client key) under the rule for `kind`: no link in the last
+/// component, `O_NONBLOCK` (a FIFO swapped in never blocks the start),
+/// the rule checked on the open file (`fstat`, so a swap after a path
+/// check is caught), at most [`MAX_IDENTITY_FILE`] bytes, and every
+/// directory above it owned by root or `uid` and not writable by group or
+/// others unless sticky ([`check_parents`]).
+pub fn read_checked(path: &Path, kind: Kind, uid: u32) -> Result<Vec<u8>, Vec<IdentityError>> {
+    let parents = check_parents(path, uid);
+    if !parents.is_empty() {
+        return Err(parents);
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits() | OFlag::O_NONBLOCK.bits(),
+        )
+        .open(path)
+        .map_err(|e| {
+            vec![if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                IdentityError::Permissions {
+                    path: path.to_owned(),
+                    what: "is a symbolic link".into(),
+                    fix: format!(
+                        "replace it with the real file: cp --remove-destination \"$(readlink -f {0})\" {0}",
+                        path.display()
+                    ),
+                }
+            } else {
+                IdentityError::io(path, "open", e)
+            }]
+        })?;
+    let meta = f
+        .metadata()
+        .map_err(|e| vec![IdentityError::io(path, "stat", e)])?;
+    let problems = check_meta(path, &meta, kind, uid);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    if meta.len() > MAX_IDENTITY_FILE {
+        return Err(vec![IdentityError::Permissions {
+            path: path.to_owned(),
+            what: format!(
+                "is {} bytes, larger than any certificate or key file ({MAX_IDENTITY_FILE})",
+                meta.len()
+            ),
+            fix: format!(
+                "point the setting at the right file instead of {}",
+                path.display()
+            ),
+        }]);
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    f.take(MAX_IDENTITY_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| vec![IdentityError::io(path, "read", e)])?;
+    Ok(buf)
+}
+
+/// Every directory above `path` (resolved) must be owned by root or `uid`
+/// and not writable by group or others unless sticky: otherwise another
+/// uid could rename the file away and put its own in place between our
+/// check and our read, or at the next start.
+pub fn check_parents(path: &Path, uid: u32) -> Vec<IdentityError> {
+    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
+    };
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(e) => return vec![IdentityError::io(dir, "resolve directory", e)],
+    };
+    let mut problems = Vec::new();
+    for a in dir.ancestors() {
+        let meta = match std::fs::symlink_metadata(a) {
+            Ok(m) => m,
+            Err(e) => {
+                problems.push(IdentityError::io(a, "stat", e));
+                continue;
+            }
+        };
+        let mode = meta.mode() & 0o7777;
+        if meta.uid() != 0 && meta.uid() != uid {
+            problems.push(IdentityError::Permissions {
+                path: a.to_owned(),
+                what: format!(
+                    "(a directory above {}) is owned by uid {}, neither the service user (uid {uid}) nor root",
+                    path.display(),
+                    meta.uid()
+                ),
+                fix: format!("chown root {}", a.display()),
+            });
+        }
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            problems.push(IdentityError::Permissions {
+                path: a.to_owned(),
+                what: format!(
+                    "(a directory above {}) has mode {mode:04o}: others could swap the file",
+                    path.display()
+                ),
+                fix: format!("chmod go-w {}", a.display()),
+            });
         }
     }
     problems
