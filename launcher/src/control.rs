@@ -110,7 +110,10 @@ pub fn check_dir(is_dir: bool, owner: u32, mode: u32, server: ServerUid) -> Resu
 /// An ancestor of the socket's directory: owned by root or the server's
 /// uid, and if group/other-writable then sticky (so only an entry's owner
 /// can rename it, and the next component's owner is checked in turn).
-pub fn check_ancestor(owner: u32, mode: u32, expected: u32) -> Result<(), String> {
+/// Under a shared sticky directory (`/tmp`) anyone could have made the
+/// socket's directory, so its owner proves nothing: only an explicit
+/// `--server-uid` (`explicit`) is accepted there.
+pub fn check_ancestor(owner: u32, mode: u32, expected: u32, explicit: bool) -> Result<(), String> {
     if owner != 0 && owner != expected {
         return Err(format!(
             "is owned by uid {owner}, not root or the server's uid {expected}"
@@ -119,6 +122,13 @@ pub fn check_ancestor(owner: u32, mode: u32, expected: u32) -> Result<(), String
     if mode & 0o022 != 0 && mode & 0o1000 == 0 {
         return Err(format!(
             "is writable by group or others and not sticky (mode {:o})",
+            mode & 0o7777
+        ));
+    }
+    if mode & 0o022 != 0 && !explicit {
+        return Err(format!(
+            "is shared (mode {:o}): any uid could have made the directory below it, so its owner \
+             does not tell the server's uid; pass --server-uid",
             mode & 0o7777
         ));
     }
@@ -165,7 +175,7 @@ async fn exchange(
     // Nobody else may be able to swap the directory out from above.
     for a in dir.ancestors().skip(1) {
         let md = std::fs::symlink_metadata(a).map_err(unreachable)?;
-        check_ancestor(md.uid(), md.mode(), expected)
+        check_ancestor(md.uid(), md.mode(), expected, server.0.is_some())
             .map_err(|why| untrusted(path, format!("its ancestor {} {why}", a.display())))?;
     }
     let path = &dir.join(path.file_name().unwrap_or_default());
@@ -288,20 +298,29 @@ mod tests {
 
     #[test]
     fn ancestors() {
-        assert!(check_ancestor(0, 0o40755, 999).is_ok());
-        assert!(check_ancestor(0, 0o41777, 999).is_ok()); // /tmp
-        assert!(check_ancestor(999, 0o40711, 999).is_ok());
-        for (owner, mode) in [
-            (1234, 0o40755),
-            (1234, 0o41777),
-            (0, 0o40777),
-            (0, 0o40775),
-            (999, 0o40757),
-        ] {
-            assert!(
-                check_ancestor(owner, mode, 999).is_err(),
-                "{owner} {mode:o}"
-            );
+        for explicit in [true, false] {
+            assert!(check_ancestor(0, 0o40755, 999, explicit).is_ok());
+            assert!(check_ancestor(999, 0o40711, 999, explicit).is_ok());
+        }
+        // /tmp: only with an explicit --server-uid
+        assert!(check_ancestor(0, 0o41777, 999, true).is_ok());
+        let why = check_ancestor(0, 0o41777, 999, false)
+            .err()
+            .unwrap_or_default();
+        assert!(why.contains("--server-uid"), "{why}");
+        for explicit in [true, false] {
+            for (owner, mode) in [
+                (1234, 0o40755),
+                (1234, 0o41777),
+                (0, 0o40777),
+                (0, 0o40775),
+                (999, 0o40757),
+            ] {
+                assert!(
+                    check_ancestor(owner, mode, 999, explicit).is_err(),
+                    "{owner} {mode:o} {explicit}"
+                );
+            }
         }
     }
 

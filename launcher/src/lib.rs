@@ -435,6 +435,13 @@ async fn setup(cdp: &Cdp, tab_tx: &watch::Sender<Tab>, minted: &Minted) -> Resul
     cdp.call(s, "Network.enable", json!({}))
         .await
         .map_err(call_end)?;
+    // A navigation a service worker answers never reaches `Fetch`, so its
+    // document would skip the CSP check below while the header still
+    // applies to its requests: every request of the tab goes to the
+    // network instead (e2e launcher_service_worker_cannot_serve_an_unlocked_document).
+    cdp.call(s, "Network.setBypassServiceWorker", json!({"bypass": true}))
+        .await
+        .map_err(call_end)?;
     set_header(cdp, &session, &minted.header, &minted.token)
         .await
         .map_err(call_end)?;

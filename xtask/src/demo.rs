@@ -99,11 +99,23 @@ async fn browser(base: &std::path::Path, server: &ServerProc) -> Result<bool> {
     println!(
         "[browser] starting screengate-launch --headless (Chromium over a CDP pipe; token set as a header on its tab only)"
     );
+    // the server's uid, named rather than inferred from the socket
+    // directory's owner (which the launcher refuses under a shared /tmp)
+    let server_uid = if nix::unistd::geteuid().is_root() {
+        nix::unistd::User::from_name("nobody")?
+            .map(|u| u.uid.as_raw())
+            .ok_or_else(|| anyhow!("no user `nobody`"))?
+    } else {
+        nix::unistd::geteuid().as_raw()
+    };
     let mut l = LauncherProc::start(
         &bins.join("screengate-launch"),
         &server.control,
         &log,
-        &[format!("--screenshot={}", shot.display())],
+        &[
+            format!("--screenshot={}", shot.display()),
+            format!("--server-uid={server_uid}"),
+        ],
     )?;
     let r = async {
         let took = l.wait_for("display received its first message", 1, Duration::from_secs(30)).await.map_err(|e| anyhow!(e))?;

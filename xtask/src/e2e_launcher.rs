@@ -43,6 +43,7 @@ pub const CASES: &[&str] = &[
     "launcher_refuses_a_forged_control_socket",
     "launcher_revokes_the_token_it_supersedes",
     "launcher_websockets_elsewhere_never_carry_the_token",
+    "launcher_service_worker_cannot_serve_an_unlocked_document",
     "launcher_runs_as_the_display_user_with_the_sandbox_on",
     "launcher_bounds_the_control_reply",
 ];
@@ -69,6 +70,7 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "launcher_refuses_a_forged_control_socket" => forged_control(fx).await,
         "launcher_revokes_the_token_it_supersedes" => revokes_superseded(fx).await,
         "launcher_websockets_elsewhere_never_carry_the_token" => websockets_elsewhere(fx).await,
+        "launcher_service_worker_cannot_serve_an_unlocked_document" => service_worker(fx).await,
         "launcher_runs_as_the_display_user_with_the_sandbox_on" => sandboxed(fx).await,
         "launcher_bounds_the_control_reply" => bounded_reply(fx).await,
         _ => return None,
@@ -836,6 +838,10 @@ async fn forged_control(fx: &Fx) -> R {
         &format!("owned by uid {}", forger.uid),
     )
     .await?;
+    // 1b. the same without --server-uid: the directory's owner (the
+    //     forger) would be "the server", and the socket is its own; the base
+    //     dir is under /tmp, which anyone can make directories in
+    expect_untrusted(fx, &forged, None, "pass --server-uid").await?;
     // 2. a world-writable (sticky) directory, as /tmp
     let open = run.join("l-forge-open");
     std::fs::create_dir_all(&open).map_err(|e| e.to_string())?;
@@ -858,7 +864,8 @@ async fn forged_control(fx: &Fx) -> R {
     std::os::unix::fs::symlink(&forged, &link).map_err(|e| e.to_string())?;
     let peer = format!("runs as uid {}, not the server's uid {svc}", forger.uid);
     expect_untrusted(fx, &link, Some(svc), &peer).await?;
-    expect_untrusted(fx, &link, None, &peer).await?;
+    // (without --server-uid, /tmp above already refuses)
+    expect_untrusted(fx, &link, None, "pass --server-uid").await?;
     // 4. a root-owned directory without --server-uid: nobody to trust
     let rootdir = run.join("l-forge-root");
     std::fs::create_dir_all(&rootdir).map_err(|e| e.to_string())?;
@@ -1116,6 +1123,82 @@ async fn websockets_elsewhere(fx: &Fx) -> R {
     println!(
         "      (gateway CSP: page connected, 0 requests elsewhere; no CSP: document refused, 0 requests elsewhere)"
     );
+    Ok(())
+}
+
+/// A gateway page (under the gateway's own CSP) registers a service
+/// worker that answers the next navigation with a document of its own,
+/// without a CSP, whose WebSockets go elsewhere. CDP's `Fetch` never sees a
+/// navigation a worker answers, so the response-stage CSP check alone
+/// does not cover it (the review's reproduction: the armed token reached
+/// the other listener and opened a session).
+async fn service_worker(fx: &Fx) -> R {
+    let (port, mut seen) = recording_server().await?;
+    let other = format!("ws://127.0.0.1:{port}");
+    let web = fx.base.join("web-sw");
+    std::fs::create_dir_all(&web).map_err(|e| e.to_string())?;
+    std::fs::write(
+        web.join("index.html"),
+        "<!doctype html><title>service worker test</title><script src=\"/app.js\"></script>",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(
+        web.join("app.js"),
+        "const ws = new WebSocket('wss://' + location.host + '/ws');\n\
+         ws.onopen = () => ws.send('hi');\n\
+         ws.onmessage = () => {};\n\
+         if (!sessionStorage.getItem('sw')) {\n\
+           sessionStorage.setItem('sw', '1');\n\
+           navigator.serviceWorker.register('/sw.js')\n\
+             .then(() => navigator.serviceWorker.ready)\n\
+             .then(() => setTimeout(() => location.reload(), 300))\n\
+             .catch(e => console.log('sw: ' + e));\n\
+         }\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let doc = format!(
+        "<!doctype html><title>from the worker</title><script>{}</script>",
+        leaky_script(&other)
+    );
+    let doc = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(
+        web.join("sw.js"),
+        format!(
+            "self.addEventListener('install', () => self.skipWaiting());\n\
+             self.addEventListener('activate', e => e.waitUntil(self.clients.claim()));\n\
+             self.addEventListener('fetch', e => {{\n\
+               if (e.request.mode === 'navigate') {{\n\
+                 e.respondWith(new Response({doc}, {{headers: {{'Content-Type': 'text/html'}}}}));\n\
+               }}\n\
+             }});\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = fx.base.join("sw.toml");
+    std::fs::write(
+        &cfg,
+        format!("[gateway]\nweb_root = \"{}\"\n", web.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    let s = display_server(fx, "l-sw", &["--config", &cfg.to_string_lossy()])?;
+    let mut l = launch(fx, "l-sw", &s, &[])?;
+    l.wait_for(CONNECTED, 1, Duration::from_secs(30)).await?;
+    // registration, the reload at +300 ms, and the leaky page's "later" at
+    // +500 ms: judge after 4 s
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reached = drain(&mut seen);
+    let leaked = reached
+        .iter()
+        .filter(|r| r.to_ascii_lowercase().contains("x-screengate-token"))
+        .count();
+    if !reached.is_empty() {
+        return Err(format!(
+            "{} requests from a worker-served document reached the other listener, {leaked} with the token",
+            reached.len()
+        ));
+    }
+    drop(l);
+    println!("      (a page with a service worker: 0 requests elsewhere)");
     Ok(())
 }
 
