@@ -352,7 +352,18 @@ async fn ping_flood(fx: &Fx) -> R {
         }
     }
     let flood_for = t0.elapsed();
-    wait_log(|| s.log_text(), "client_stalled", Duration::from_secs(15)).await?;
+    if let Err(e) = wait_log(|| s.log_text(), "client_stalled", Duration::from_secs(15)).await {
+        let log: Vec<String> = s
+            .log_text()
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .map(str::to_owned)
+            .collect();
+        return Err(format!(
+            "{e} ({sent} pings in {flood_for:?}); log: {}",
+            log[log.len().saturating_sub(8)..].join("\n")
+        ));
+    }
     let peak = proc_kb(pid, "VmHWM");
     if before == 0 || peak == 0 {
         return Err(format!("could not read VmHWM of server pid {pid}"));
