@@ -399,6 +399,31 @@ mod file_tests {
     }
 
     #[test]
+    fn a_link_in_a_directory_others_can_write_is_refused() {
+        // the link `shared/current -> real` can be repointed by anyone who
+        // may write `shared`, though `real` itself is fine
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        let shared = d.path().join("shared");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::create_dir(&shared).unwrap();
+        put(&real, "ca.cert", 0o644);
+        put(&real, "client.chain", 0o644);
+        put(&real, "client.key", 0o600);
+        std::os::unix::fs::symlink(&real, shared.join("current")).unwrap();
+        let via = shared.join("current");
+        assert!(check_files(&cfg(&via), uid()).is_empty());
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let p = check_files(&cfg(&via), uid());
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p.iter()
+                .all(|e| e.to_string().contains(&shared.display().to_string())),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn a_fifo_or_directory_in_place_of_a_file_is_refused_without_blocking() {
         let d = tempfile::tempdir().unwrap();
         put(d.path(), "ca.cert", 0o644);

@@ -546,9 +546,16 @@ async fn admit(
         Err(ConnectFail::Backend(e)) => return refuse_backend(&peer, uid, &e, id),
         Err(ConnectFail::Spent(r)) => return refuse(&peer, uid, Refusal::Token(r), id),
     };
+    // Subscribed before the last revocation check, so a revoke all from
+    // here on reaches the session's proxy.
+    let revoked = shared.revoked_all.subscribe();
     let auth = match ticket {
         Ticket::Pinned => SessionAuth::PinnedClientCert,
-        Ticket::Spent(c) => SessionAuth::Token(c),
+        // spent before a replacement, seconds ago: a revoke since wins
+        Ticket::Spent(c) => match shared.authority.check_not_revoked(&c) {
+            Ok(()) => SessionAuth::Token(c),
+            Err(r) => return refuse(&peer, uid, Refusal::Token(r), id),
+        },
         Ticket::Verified(v) => match shared.authority.consume(v) {
             Ok(c) => SessionAuth::Token(c),
             Err(r) => return refuse(&peer, uid, Refusal::Token(r), id),
@@ -562,7 +569,6 @@ async fn admit(
     };
     audit!(info, event = "accepted", peer = %session.peer, peer_uid = uid, token_id = %session.label(), channel = channel.as_str());
     let shutdown = shared.shutdown.clone();
-    let revoked = shared.revoked_all.subscribe();
     ws.max_message_size(shared.cfg.max_message_size)
         .max_frame_size(shared.cfg.max_message_size)
         .read_buffer_size(crate::limits::WS_READ_BUFFER)

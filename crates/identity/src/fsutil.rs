@@ -280,12 +280,22 @@ pub fn read_checked(path: &Path, kind: Kind, uid: u32) -> Result<Vec<u8>, Vec<Id
     if !parents.is_empty() {
         return Err(parents);
     }
+    // Open through the directories just checked (links resolved), not the
+    // path as given: a link in it lives in a directory nobody checked.
+    let real = match (resolved_dir(path), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        (Err(e), _) => return Err(vec![e]),
+        (_, None) => path.to_owned(),
+    };
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(
-            OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits() | OFlag::O_NONBLOCK.bits(),
+            OFlag::O_NOFOLLOW.bits()
+                | OFlag::O_CLOEXEC.bits()
+                | OFlag::O_NONBLOCK.bits()
+                | OFlag::O_NOCTTY.bits(),
         )
-        .open(path)
+        .open(&real)
         .map_err(|e| {
             vec![if e.raw_os_error() == Some(nix::libc::ELOOP) {
                 IdentityError::Permissions {
@@ -332,16 +342,29 @@ pub fn read_checked(path: &Path, kind: Kind, uid: u32) -> Result<Vec<u8>, Vec<Id
 /// uid could rename the file away and put its own in place between our
 /// check and our read, or at the next start.
 pub fn check_parents(path: &Path, uid: u32) -> Vec<IdentityError> {
-    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(d) => d,
-        None => Path::new("."),
-    };
-    let dir = match std::fs::canonicalize(dir) {
+    let dir = match resolved_dir(path) {
         Ok(d) => d,
-        Err(e) => return vec![IdentityError::io(dir, "resolve directory", e)],
+        Err(e) => return vec![e],
     };
-    let mut problems = Vec::new();
+    // The directories the path names as written (a link among them lives
+    // in the one above it, which whoever may write it could repoint) and
+    // those it resolves to.
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if path.is_absolute() {
+        for a in path.ancestors().skip(1) {
+            let is_dir = std::fs::symlink_metadata(a).is_ok_and(|m| m.is_dir());
+            if is_dir && !dirs.iter().any(|d| d == a) {
+                dirs.push(a.to_owned());
+            }
+        }
+    }
     for a in dir.ancestors() {
+        if !dirs.iter().any(|d| d == a) {
+            dirs.push(a.to_owned());
+        }
+    }
+    let mut problems = Vec::new();
+    for a in dirs.iter().map(PathBuf::as_path) {
         let meta = match std::fs::symlink_metadata(a) {
             Ok(m) => m,
             Err(e) => {
@@ -373,6 +396,15 @@ pub fn check_parents(path: &Path, uid: u32) -> Vec<IdentityError> {
         }
     }
     problems
+}
+
+/// The directory holding `path`, with every link resolved.
+fn resolved_dir(path: &Path) -> Result<PathBuf, IdentityError> {
+    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
+    };
+    std::fs::canonicalize(dir).map_err(|e| IdentityError::io(dir, "resolve directory", e))
 }
 
 /// The effective uid of this process.

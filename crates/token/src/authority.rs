@@ -171,6 +171,7 @@ impl Verified {
 pub struct Consumed {
     id: TokenId,
     channel: Channel,
+    issued_ms: u64,
 }
 
 impl Consumed {
@@ -399,7 +400,23 @@ impl<C: Clock> Authority<C> {
         Ok(Consumed {
             id: verified.id,
             channel: verified.channel,
+            issued_ms: verified.issued_ms,
         })
+    }
+
+    /// Whether a consumed token was revoked since (by id or by a revoke
+    /// all). For a token spent early, before awaits that may take seconds
+    /// (the server spends a token before it replaces a session), so a
+    /// revoke in that time still wins.
+    pub fn check_not_revoked(&self, consumed: &Consumed) -> Result<(), Rejection> {
+        if self
+            .lock_ledger()
+            .is_revoked(&consumed.id, consumed.issued_ms)
+        {
+            Err(Rejection::Revoked)
+        } else {
+            Ok(())
+        }
     }
 
     /// The handle with which `uid` (and only `uid`) can revoke token `id`

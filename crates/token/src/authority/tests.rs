@@ -596,3 +596,24 @@ fn revoked_set_is_bounded_and_swept() {
     let (_, id) = mint_full(&a);
     assert_eq!(a.revoke(&a.revoke_handle(&id, 1), 1), Ok(id));
 }
+
+#[test]
+fn a_token_spent_early_still_dies_by_a_later_revoke() {
+    let (a, _) = authority();
+    let (t, id) = mint_full(&a);
+    let (t2, _) = mint_full(&a);
+    let c = a.consume(a.verify(&t, Channel::Display).unwrap()).unwrap();
+    let c2 = a.consume(a.verify(&t2, Channel::Display).unwrap()).unwrap();
+    assert_eq!(a.check_not_revoked(&c), Ok(()));
+    // by its handle
+    assert_eq!(a.revoke(&a.revoke_handle(&id, 7), 7), Ok(id));
+    assert_eq!(a.check_not_revoked(&c), Err(Rejection::Revoked));
+    assert_eq!(a.check_not_revoked(&c2), Ok(()));
+    // by a revoke all
+    a.revoke_all();
+    assert_eq!(a.check_not_revoked(&c2), Err(Rejection::Revoked));
+    // a token minted after the revoke all is not affected
+    let (t3, _) = mint_full(&a);
+    let c3 = a.consume(a.verify(&t3, Channel::Display).unwrap()).unwrap();
+    assert_eq!(a.check_not_revoked(&c3), Ok(()));
+}
