@@ -1147,6 +1147,9 @@ async fn service_worker(fx: &Fx) -> R {
         "const ws = new WebSocket('wss://' + location.host + '/ws');\n\
          ws.onopen = () => ws.send('hi');\n\
          ws.onmessage = () => {};\n\
+         if (sessionStorage.getItem('sw')) {\n\
+           try { new Worker('/w.js'); } catch (e) {}\n\
+         }\n\
          if (!sessionStorage.getItem('sw')) {\n\
            sessionStorage.setItem('sw', '1');\n\
            navigator.serviceWorker.register('/sw.js')\n\
@@ -1161,6 +1164,10 @@ async fn service_worker(fx: &Fx) -> R {
         leaky_script(&other)
     );
     let doc = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
+    // a dedicated worker's script, answered by the worker too (its own
+    // response has no CSP, so nothing limits the worker's connections)
+    let worker = format!("try {{ new WebSocket('{other}/sw-worker'); }} catch (e) {{}}");
+    let worker = serde_json::to_string(&worker).map_err(|e| e.to_string())?;
     std::fs::write(
         web.join("sw.js"),
         format!(
@@ -1169,6 +1176,8 @@ async fn service_worker(fx: &Fx) -> R {
              self.addEventListener('fetch', e => {{\n\
                if (e.request.mode === 'navigate') {{\n\
                  e.respondWith(new Response({doc}, {{headers: {{'Content-Type': 'text/html'}}}}));\n\
+               }} else if (new URL(e.request.url).pathname === '/w.js') {{\n\
+                 e.respondWith(new Response({worker}, {{headers: {{'Content-Type': 'text/javascript'}}}}));\n\
                }}\n\
              }});\n"
         ),
