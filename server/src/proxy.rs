@@ -88,16 +88,42 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Whether a sink error says the peer's capped write buffer is full
+/// (`limits::ws_max_write_buffer`): the peer takes no bytes, which is a
+/// stall like [`WRITE_STALL`], not a failure of the sink.
+trait BufferFull {
+    fn buffer_full(&self) -> bool;
+}
+
+impl BufferFull for tokio_tungstenite::tungstenite::Error {
+    fn buffer_full(&self) -> bool {
+        matches!(
+            self,
+            tokio_tungstenite::tungstenite::Error::WriteBufferFull(_)
+        )
+    }
+}
+
+impl BufferFull for axum::Error {
+    fn buffer_full(&self) -> bool {
+        std::error::Error::source(self)
+            .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
+            .is_some_and(BufferFull::buffer_full)
+    }
+}
+
 /// One sink operation, bounded by [`WRITE_STALL`] and the stop signal.
 async fn bounded<F, E>(op: F, stop: &mut watch::Receiver<bool>) -> Result<(), WriteEnd>
 where
     F: Future<Output = Result<(), E>>,
+    E: BufferFull,
 {
     tokio::select! {
         biased;
         _ = stopped(stop) => Err(WriteEnd::Stopped),
         r = tokio::time::timeout(WRITE_STALL, op) => match r {
             Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if e.buffer_full() => Err(WriteEnd::Stalled),
             Ok(Err(_)) => Err(WriteEnd::Failed),
             Err(_) => Err(WriteEnd::Stalled),
         },
@@ -141,6 +167,7 @@ async fn pump<St, Si, In, Out, E, C>(
 where
     St: Stream<Item = Result<In, E>> + Unpin,
     Si: Sink<Out> + Unpin,
+    Si::Error: BufferFull,
 {
     let mut moved: u64 = 0;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
@@ -521,4 +548,28 @@ pub(crate) async fn run(
     let id = session.label();
     crate::audit!(info, event = "session_closed", peer = %session.peer, token_id = %id,
         end = ending.end, to_backend = up_moved, to_client = down_moved);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BufferFull;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+    #[test]
+    fn a_full_write_buffer_is_a_stall_on_either_side_and_nothing_else_is() {
+        let full = || WsError::WriteBufferFull(Box::new(Message::Ping(vec![1].into())));
+        // backend side: tungstenite's error as is
+        assert!(full().buffer_full());
+        // client side: the same inside axum's error
+        assert!(axum::Error::new(full()).buffer_full());
+        for other in [
+            WsError::ConnectionClosed,
+            WsError::AlreadyClosed,
+            WsError::Io(std::io::Error::other("reset")),
+        ] {
+            assert!(!other.buffer_full(), "{other}");
+            assert!(!axum::Error::new(other).buffer_full());
+        }
+        assert!(!axum::Error::new(std::io::Error::other("x")).buffer_full());
+    }
 }
