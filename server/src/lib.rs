@@ -21,6 +21,7 @@ mod gateway;
 mod guard;
 mod limits;
 mod native;
+mod notify;
 pub mod peer_uid;
 mod pending;
 pub mod privilege;

@@ -281,7 +281,30 @@ impl Server {
         let gw = tokio::spawn(crate::gateway::accept_loop(shared.clone(), tcp));
         let ctl = tokio::spawn(crate::control::accept_loop(shared.clone(), control));
         let nat = native.map(|l| tokio::spawn(crate::native::accept_loop(shared.clone(), l)));
+        // Every socket is bound and the identity loaded (`bind`): ready.
+        let notifier = Arc::new(crate::notify::Notifier::from_env());
+        notifier.send(&format!(
+            "READY=1\nSTATUS=serving on {}:{}, 0 sessions",
+            shared.listen_ip, shared.port
+        ));
+        let pinger = notifier.ping_every().map(|every| {
+            let (n, shared) = (notifier.clone(), shared.clone());
+            tokio::spawn(async move {
+                let max = shared.cfg.max_sessions;
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let live = max.saturating_sub(shared.sessions.available_permits());
+                    n.send(&format!("WATCHDOG=1\nSTATUS={live} of {max} sessions"));
+                }
+            })
+        });
         shutdown.await;
+        notifier.send("STOPPING=1\nSTATUS=stopping");
+        if let Some(p) = pinger {
+            p.abort();
+        }
         info!("shutdown requested: closing listeners and sessions");
         let _ = shutdown_tx.send(true);
         let _ = gw.await;

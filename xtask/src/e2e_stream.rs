@@ -27,6 +27,7 @@ pub const CASES: &[&str] = &[
     "stream_connect_churn_from_another_uid_display_connects_20_of_20",
     "stream_control_client_that_never_reads_is_closed",
     "stream_ping_flood_from_a_client_that_never_reads_is_bounded",
+    "systemd_ready_after_the_sockets_watchdog_at_half_the_interval_none_while_stopped_sighup_survived",
 ];
 
 /// Cases that need root (a throwaway user).
@@ -55,6 +56,9 @@ pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
         "stream_connect_churn_from_another_uid_display_connects_20_of_20" => churn(fx).await,
         "stream_control_client_that_never_reads_is_closed" => control_never_reads(fx).await,
         "stream_ping_flood_from_a_client_that_never_reads_is_bounded" => ping_flood(fx).await,
+        "systemd_ready_after_the_sockets_watchdog_at_half_the_interval_none_while_stopped_sighup_survived" => {
+            notify(fx).await
+        }
         _ => return None,
     })
 }
@@ -625,4 +629,128 @@ async fn control_never_reads(fx: &Fx) -> R {
     Err(format!(
         "the control client that never reads was not closed within {deadline:?}"
     ))
+}
+
+/// The next notify datagram within `within`, or `None`.
+async fn next_note(s: &tokio::net::UnixDatagram, within: Duration) -> Option<String> {
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(within, s.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+/// systemd's notify protocol against a fake `NOTIFY_SOCKET` (issue 15):
+/// READY=1 only once the gateway accepts, WATCHDOG=1 at half of
+/// `WATCHDOG_USEC`, none while the process is stopped, STOPPING=1 on
+/// SIGTERM. (SIGSTOP stands in for a blocked runtime: the pings come from
+/// the runtime's own task, so nothing else sends them.)
+async fn notify(fx: &Fx) -> R {
+    use std::os::unix::fs::PermissionsExt;
+    let path = fx.base.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let rx = tokio::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    // the server sends as the service user after its drop
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| e.to_string())?;
+    let name = "notify";
+    let state = fx.base.join(format!("state-{name}"));
+    let control = fx.base.join("run").join(name).join("c.sock");
+    let log = fx.base.join(format!("{name}.log"));
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    let args = super::service_args(fx.svc.as_ref());
+    let mut s = ServerProc::start_env(
+        &fx.bin,
+        &state,
+        &control,
+        &log,
+        &args,
+        &[
+            ("NOTIFY_SOCKET", path.as_path()),
+            ("WATCHDOG_USEC", Path::new("1000000")),
+        ],
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    let ready = next_note(&rx, Duration::from_secs(10))
+        .await
+        .ok_or("no READY=1 within 10 s")?;
+    if !ready.lines().any(|l| l == "READY=1") {
+        return Err(format!("first notification is not READY=1: {ready:?}"));
+    }
+    // READY means the gateway accepts now: its address is in STATUS
+    let addr = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving on "))
+        .and_then(|r| r.split(',').next())
+        .ok_or_else(|| format!("no address in {ready:?}"))?;
+    tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("READY sent, but {addr} did not accept within 1 s"))?
+        .map_err(|e| format!("READY sent, but {addr} refused: {e}"))?;
+    // WATCHDOG=1 every 0.5 s: at least 3 in 2.2 s
+    let t0 = Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_millis(2200) {
+        if let Some(n) = next_note(&rx, Duration::from_millis(2200)).await
+            && n.lines().any(|l| l == "WATCHDOG=1")
+        {
+            pings += 1;
+        }
+    }
+    if pings < 3 {
+        return Err(format!(
+            "{pings} WATCHDOG=1 in 2.2 s with WATCHDOG_USEC=1000000"
+        ));
+    }
+    // stopped: no pings; continued: pings again
+    nix::sys::signal::kill(s.pid(), nix::sys::signal::Signal::SIGSTOP)
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while next_note(&rx, Duration::from_millis(50)).await.is_some() {}
+    let while_stopped = next_note(&rx, Duration::from_millis(1500)).await;
+    nix::sys::signal::kill(s.pid(), nix::sys::signal::Signal::SIGCONT)
+        .map_err(|e| e.to_string())?;
+    if let Some(n) = while_stopped {
+        return Err(format!(
+            "a notification while the server was stopped: {n:?}"
+        ));
+    }
+    next_note(&rx, Duration::from_secs(2))
+        .await
+        .ok_or("no WATCHDOG=1 within 2 s after SIGCONT")?;
+    // SIGHUP (a closed terminal, `systemctl reload`): still serving
+    nix::sys::signal::kill(s.pid(), nix::sys::signal::Signal::SIGHUP).map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Ok(Some(st)) = s.child.try_wait() {
+        return Err(format!("SIGHUP stopped the server ({st})"));
+    }
+    next_note(&rx, Duration::from_secs(2))
+        .await
+        .ok_or("no WATCHDOG=1 within 2 s after SIGHUP")?;
+    tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "after SIGHUP the gateway did not accept within 1 s".to_owned())?
+        .map_err(|e| format!("after SIGHUP the gateway refused: {e}"))?;
+    // SIGTERM: STOPPING=1, exit 0
+    nix::sys::signal::kill(s.pid(), nix::sys::signal::Signal::SIGTERM)
+        .map_err(|e| e.to_string())?;
+    let t1 = Instant::now();
+    let mut stopping = false;
+    while t1.elapsed() < Duration::from_secs(5) && !stopping {
+        if let Some(n) = next_note(&rx, Duration::from_secs(5)).await {
+            stopping = n.lines().any(|l| l == "STOPPING=1");
+        }
+    }
+    let (st, took) = s
+        .terminate(Duration::from_secs(5))
+        .map_err(|e| format!("{e:#}"))?;
+    if !stopping || !st.success() {
+        return Err(format!(
+            "STOPPING=1 seen: {stopping}; exit {st} after {took:?}"
+        ));
+    }
+    println!(
+        "      (READY with {addr} accepting; {pings} pings in 2.2 s; none while stopped; SIGHUP survived; STOPPING on SIGTERM)"
+    );
+    Ok(())
 }

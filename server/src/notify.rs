@@ -1,0 +1,114 @@
+//! systemd's notify protocol (`sd_notify`), without libsystemd: one
+//! datagram per state change to `$NOTIFY_SOCKET` (a path, or `@name` in
+//! the abstract namespace). `READY=1` once every socket is bound and the
+//! identity loaded, `STATUS=` with the session count, `WATCHDOG=1` at half
+//! `$WATCHDOG_USEC` from a task on the runtime itself (a wedged runtime
+//! stops pinging, so systemd restarts it), `STOPPING=1` on shutdown.
+//! Without `$NOTIFY_SOCKET` (not started by systemd) every call is a no-op.
+//!
+//! What it leaves to others: when the server is ready and stopping
+//! (`server.rs`), and what the unit asks for (`dist/systemd`).
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
+
+/// A connection to the service manager, if there is one.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    to: Option<(UnixDatagram, SocketAddr)>,
+    watchdog: Option<Duration>,
+}
+
+impl Notifier {
+    /// From the environment systemd set: `NOTIFY_SOCKET`, and
+    /// `WATCHDOG_USEC` (only if `WATCHDOG_PID` is unset or ours).
+    pub fn from_env() -> Notifier {
+        let to = std::env::var_os("NOTIFY_SOCKET").and_then(|p| {
+            let p = p.to_string_lossy().into_owned();
+            let addr = match p.strip_prefix('@') {
+                Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+                None => SocketAddr::from_pathname(&p),
+            };
+            match (UnixDatagram::unbound(), addr) {
+                (Ok(s), Ok(a)) => Some((s, a)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable; not notifying");
+                    None
+                }
+            }
+        });
+        let ours = std::env::var("WATCHDOG_PID")
+            .map_or(true, |p| p.trim() == std::process::id().to_string());
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|u| u.trim().parse::<u64>().ok())
+            .filter(|u| *u > 0 && ours)
+            .map(Duration::from_micros);
+        Notifier { to, watchdog }
+    }
+
+    /// Sends one state message; failures are logged, never fatal (the
+    /// service manager restarting or a full queue must not stop serving).
+    pub fn send(&self, state: &str) {
+        if let Some((s, addr)) = &self.to
+            && let Err(e) = s.send_to_addr(state.as_bytes(), addr)
+        {
+            tracing::debug!(error = %e, "notify: could not send");
+        }
+    }
+
+    /// Half the watchdog interval systemd asked for, if it asked.
+    pub fn ping_every(&self) -> Option<Duration> {
+        self.to.as_ref().and(self.watchdog).map(|w| w / 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recv(s: &UnixDatagram) -> String {
+        let mut buf = [0u8; 512];
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let n = s.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[test]
+    fn sends_to_a_path_and_to_an_abstract_name() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("notify");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier {
+            to: Some((
+                UnixDatagram::unbound().unwrap(),
+                SocketAddr::from_pathname(&path).unwrap(),
+            )),
+            watchdog: Some(Duration::from_secs(4)),
+        };
+        n.send("READY=1\nSTATUS=serving");
+        assert_eq!(recv(&listener), "READY=1\nSTATUS=serving");
+        assert_eq!(n.ping_every(), Some(Duration::from_secs(2)));
+        let name = format!("screengate-notify-test-{}", std::process::id());
+        let abs = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = UnixDatagram::bind_addr(&abs).unwrap();
+        let n = Notifier {
+            to: Some((UnixDatagram::unbound().unwrap(), abs)),
+            watchdog: None,
+        };
+        n.send("WATCHDOG=1");
+        assert_eq!(recv(&listener), "WATCHDOG=1");
+        assert_eq!(n.ping_every(), None);
+    }
+
+    #[test]
+    fn without_a_socket_nothing_is_sent_and_no_watchdog_runs() {
+        let n = Notifier {
+            to: None,
+            watchdog: Some(Duration::from_secs(4)),
+        };
+        n.send("READY=1");
+        assert_eq!(n.ping_every(), None);
+    }
+}
