@@ -160,10 +160,20 @@ async fn terminated() {
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        }
+        (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                // A hangup (a closed terminal, `systemctl reload`) must not
+                // take the display down, as the default action would.
+                _ = hup.recv() => tracing::warn!(
+                    "SIGHUP: reloading the configuration is not supported yet; \
+                     still serving with the configuration read at start (restart to apply changes)"
+                ),
+            }
+        },
         _ => std::future::pending().await,
     }
 }
