@@ -75,7 +75,8 @@ impl Request {
         self
     }
 
-    fn to_bytes(&self) -> Vec<u8> {
+    /// The request as sent on the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut s = format!("GET {} HTTP/1.1\r\n", self.path);
         for (k, v) in &self.headers {
             s.push_str(k);

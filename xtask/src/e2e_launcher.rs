@@ -756,6 +756,58 @@ impl Drop for Reaped {
     }
 }
 
+/// `xtask e2e-forge SOCK [REPLY]` as `user`: a stand-in control server on
+/// `sock`, returned once it says `listening`; killed on drop.
+fn start_forger(
+    fx: &Fx,
+    user: &super::TempUser,
+    sock: &Path,
+    reply: Option<&str>,
+) -> Result<Reaped, String> {
+    use std::io::BufRead as _;
+    let exe = fx.peer_exe()?;
+    let mut cmd = user.command(&exe, false);
+    cmd.arg("e2e-forge").arg(sock);
+    if let Some(r) = reply {
+        cmd.arg(r);
+    }
+    let mut child = Reaped(
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut first = String::new();
+    if let Some(out) = child.0.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut first);
+    }
+    if first.trim() != "listening" {
+        return Err(format!(
+            "the stand-in control server did not start: {first:?}"
+        ));
+    }
+    Ok(child)
+}
+
+/// The launcher as root against a stand-in control socket `sock` that
+/// `server_uid` serves, logging to `NAME.launch.log`.
+fn launch_on_stand_in(
+    fx: &Fx,
+    name: &str,
+    sock: &Path,
+    server_uid: u32,
+) -> Result<LauncherProc, String> {
+    let log = fx.base.join(format!("{name}.launch.log"));
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    LauncherProc::start(
+        &fx.base.join("bin/screengate-launch"),
+        sock,
+        &log,
+        &[format!("--server-uid={server_uid}")],
+    )
+    .map_err(|e| format!("{e:#}"))
+}
+
 /// Runs the launcher against `control` and expects it to refuse, naming
 /// `why`, without starting Chromium.
 async fn expect_untrusted(fx: &Fx, control: &Path, server_uid: Option<u32>, why: &str) -> R {
@@ -794,7 +846,6 @@ async fn expect_untrusted(fx: &Fx, control: &Path, server_uid: Option<u32>, why:
 }
 
 async fn forged_control(fx: &Fx) -> R {
-    use std::io::BufRead as _;
     use std::os::unix::fs::PermissionsExt;
     let forger = super::TempUser::create("forge")?;
     let svc = fx.svc_uid();
@@ -807,24 +858,7 @@ async fn forged_control(fx: &Fx) -> R {
     std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
     let forged = own.join("c.sock");
-    let exe = fx.peer_exe()?;
-    let mut child = Reaped(
-        forger
-            .command(&exe, false)
-            .arg("e2e-forge")
-            .arg(&forged)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let mut first = String::new();
-    if let Some(out) = child.0.stdout.take() {
-        let _ = std::io::BufReader::new(out).read_line(&mut first);
-    }
-    if first.trim() != "listening" {
-        return Err(format!("the forger did not start: {first:?}"));
-    }
+    let child = start_forger(fx, &forger, &forged, None)?;
     // self-check: the forger answers like a server would
     let v = screengate_tests::control(&forged, r#"{"op":"mint","channel":"display"}"#).await?;
     if v["ok"] != true {
@@ -1016,7 +1050,6 @@ fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<String> {
 }
 
 async fn websockets_elsewhere(fx: &Fx) -> R {
-    use std::io::BufRead as _;
     use std::os::unix::fs::PermissionsExt;
     let (port, mut seen) = recording_server().await?;
     let other = format!("ws://127.0.0.1:{port}");
@@ -1072,33 +1105,8 @@ async fn websockets_elsewhere(fx: &Fx) -> R {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
     let sock = dir.join("c.sock");
-    let exe = fx.peer_exe()?;
-    let mut forger = Reaped(
-        svc.command(&exe, false)
-            .arg("e2e-forge")
-            .arg(&sock)
-            .arg(&reply)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let mut first = String::new();
-    if let Some(out) = forger.0.stdout.take() {
-        let _ = std::io::BufReader::new(out).read_line(&mut first);
-    }
-    if first.trim() != "listening" {
-        return Err(format!("the stand-in server did not start: {first:?}"));
-    }
-    let log = fx.base.join("l-nocsp.launch.log");
-    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
-    let mut l = LauncherProc::start(
-        &fx.base.join("bin/screengate-launch"),
-        &sock,
-        &log,
-        &[format!("--server-uid={}", svc.uid)],
-    )
-    .map_err(|e| format!("{e:#}"))?;
+    let forger = start_forger(fx, svc, &sock, Some(&reply))?;
+    let mut l = launch_on_stand_in(fx, "l-nocsp", &sock, svc.uid)?;
     l.wait_for("navigating", 1, Duration::from_secs(30)).await?;
     // the page's "later" attempt is at 500 ms: judge after 2.5 s, leaks first
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -1266,7 +1274,6 @@ async fn sandboxed(fx: &Fx) -> R {
 /// A trusted (service-uid) stand-in control socket whose reply line is
 /// longer than the launcher's bound: refused, retried, never used.
 async fn bounded_reply(fx: &Fx) -> R {
-    use std::io::BufRead as _;
     use std::os::unix::fs::PermissionsExt;
     let svc = fx.svc.as_ref().ok_or("needs root (a service user)")?;
     let dir = fx.base.join("run/l-bigreply");
@@ -1283,33 +1290,8 @@ async fn bounded_reply(fx: &Fx) -> R {
         "pad": "p".repeat(20_000)
     })
     .to_string();
-    let exe = fx.peer_exe()?;
-    let mut forger = Reaped(
-        svc.command(&exe, false)
-            .arg("e2e-forge")
-            .arg(&sock)
-            .arg(&reply)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let mut first = String::new();
-    if let Some(out) = forger.0.stdout.take() {
-        let _ = std::io::BufReader::new(out).read_line(&mut first);
-    }
-    if first.trim() != "listening" {
-        return Err(format!("the stand-in server did not start: {first:?}"));
-    }
-    let log = fx.base.join("l-bigreply.launch.log");
-    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
-    let mut l = LauncherProc::start(
-        &fx.base.join("bin/screengate-launch"),
-        &sock,
-        &log,
-        &[format!("--server-uid={}", svc.uid)],
-    )
-    .map_err(|e| format!("{e:#}"))?;
+    let forger = start_forger(fx, svc, &sock, Some(&reply))?;
+    let mut l = launch_on_stand_in(fx, "l-bigreply", &sock, svc.uid)?;
     l.wait_for(
         "no complete reply line within 16384 bytes",
         2,

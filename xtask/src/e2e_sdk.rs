@@ -847,14 +847,9 @@ async fn raced_replace(fx: &Fx) -> R {
     for _ in 0..2 * LIVE {
         conns.push(screengate_tests::tls_connect(g.addr, g.pin).await?);
     }
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: localhost:{p}\r\nOrigin: https://localhost:{p}\r\n\
-         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Screengate-Token: {t}\r\n\r\n",
-        p = g.addr.port()
-    );
+    let req = Request::display(g.addr.port(), Some(&t)).to_bytes();
     let racers = conns.into_iter().map(|mut c| {
-        let req = req.as_bytes();
+        let req = req.as_slice();
         async move {
             c.write_all(req).await.map_err(|e| e.to_string())?;
             let mut head = [0u8; 12];
@@ -922,16 +917,9 @@ async fn hangup_replace(fx: &Fx) -> R {
     let mut victim = g.open(&t0).await?;
     echo_ok(&mut victim, "victim").await?;
     let t = g.mint(fx).await?;
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: localhost:{p}\r\nOrigin: https://localhost:{p}\r\n\
-         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Screengate-Token: {t}\r\n\r\n",
-        p = g.addr.port()
-    );
+    let req = Request::display(g.addr.port(), Some(&t)).to_bytes();
     let mut c = screengate_tests::tls_connect(g.addr, g.pin).await?;
-    c.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    c.write_all(&req).await.map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(3);
     while !g.proc.log_text().contains("replacing_oldest") {
         if Instant::now() > deadline {
@@ -1115,6 +1103,28 @@ async fn ws_with_tls(fx: &Fx) -> R {
     refused_by_check_and_serve(fx, "sdk-wsplain", &toml, "backend_tls", "use wss://").await
 }
 
+/// Copies `from` to `to` (each read within 30 s), appending every byte to
+/// `keep`, then shuts `to` down.
+async fn copy_keeping(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    keep: Arc<Mutex<Vec<u8>>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(30), from.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        if let Ok(mut s) = keep.lock() {
+            s.extend_from_slice(&buf[..n]);
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 /// A TCP relay between screengate and the stand-in that keeps every byte.
 async fn relay(to: u16) -> Result<(u16, Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>), String> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1130,45 +1140,12 @@ async fn relay(to: u16) -> Result<(u16, Arc<Mutex<Vec<u8>>>, tokio::task::JoinHa
             };
             let keep = keep.clone();
             tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let (mut ar, mut aw) = a.into_split();
-                let (mut br, mut bw) = b.into_split();
-                let k1 = keep.clone();
-                let up = async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(Ok(n)) =
-                        tokio::time::timeout(Duration::from_secs(30), ar.read(&mut buf)).await
-                    {
-                        if n == 0 {
-                            break;
-                        }
-                        if let Ok(mut s) = k1.lock() {
-                            s.extend_from_slice(&buf[..n]);
-                        }
-                        if bw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = bw.shutdown().await;
-                };
-                let down = async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(Ok(n)) =
-                        tokio::time::timeout(Duration::from_secs(30), br.read(&mut buf)).await
-                    {
-                        if n == 0 {
-                            break;
-                        }
-                        if let Ok(mut s) = keep.lock() {
-                            s.extend_from_slice(&buf[..n]);
-                        }
-                        if aw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = aw.shutdown().await;
-                };
-                tokio::join!(up, down);
+                let (ar, aw) = a.into_split();
+                let (br, bw) = b.into_split();
+                tokio::join!(
+                    copy_keeping(ar, bw, keep.clone()),
+                    copy_keeping(br, aw, keep)
+                );
             });
         }
     });
