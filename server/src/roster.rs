@@ -22,34 +22,26 @@ use tokio::sync::Notify;
 
 /// Tokens between verify and consume. Bounded by the handshakes in
 /// flight, which the pending pools bound.
-#[derive(Debug)]
-pub(crate) struct Claims<K = TokenId> {
-    held: Mutex<HashSet<K>>,
-}
-
-impl<K> Default for Claims<K> {
-    fn default() -> Self {
-        Claims {
-            held: Mutex::new(HashSet::new()),
-        }
-    }
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    held: Mutex<HashSet<TokenId>>,
 }
 
 /// One token's claim; released on drop (admitted, refused or cancelled).
 #[derive(Debug)]
-pub(crate) struct Claim<K: std::hash::Hash + Eq = TokenId> {
-    id: K,
-    claims: Arc<Claims<K>>,
+pub(crate) struct Claim {
+    id: TokenId,
+    claims: Arc<Claims>,
 }
 
-impl<K: std::hash::Hash + Eq + Clone> Claims<K> {
+impl Claims {
     /// Claims `id`, or `None` when another handshake holds it.
-    pub fn claim(self: &Arc<Self>, id: K) -> Option<Claim<K>> {
+    pub fn claim(self: &Arc<Self>, id: TokenId) -> Option<Claim> {
         let fresh = self
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.clone());
+            .insert(id);
         fresh.then(|| Claim {
             id,
             claims: self.clone(),
@@ -57,7 +49,7 @@ impl<K: std::hash::Hash + Eq + Clone> Claims<K> {
     }
 }
 
-impl<K: std::hash::Hash + Eq> Drop for Claim<K> {
+impl Drop for Claim {
     fn drop(&mut self) {
         self.claims
             .held
@@ -153,8 +145,21 @@ mod tests {
 
     #[test]
     fn a_token_is_claimed_once_until_its_claim_drops() {
-        let c = Arc::new(Claims::<u8>::default());
-        let (a, b) = (1, 2);
+        use screengate_token::{Authority, Channel, DeviceKey, ManualClock};
+        let auth = Authority::new(
+            &DeviceKey::from_bytes([7; 32]),
+            std::time::Duration::from_secs(30),
+            ManualClock::new(),
+        )
+        .unwrap();
+        let id = |_| {
+            let t = auth.mint(Channel::Display).unwrap();
+            auth.verify(t.token.expose_secret(), Channel::Display)
+                .unwrap()
+                .id()
+        };
+        let c = Arc::new(Claims::default());
+        let (a, b) = (id(0), id(1));
         let first = c.claim(a).unwrap();
         assert!(c.claim(a).is_none(), "a second claim of one token");
         assert!(c.claim(a).is_none(), "still held");

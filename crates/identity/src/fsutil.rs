@@ -98,16 +98,7 @@ pub fn read_private(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
     let f = match f {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(IdentityError::Permissions {
-                path: path.to_owned(),
-                what: "is a symbolic link".into(),
-                fix: format!(
-                    "replace it with the real file: cp --remove-destination \"$(readlink -f {0})\" {0}",
-                    path.display()
-                ),
-            });
-        }
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Err(link_refused(path)),
         Err(e) => return Err(IdentityError::io(path, "open", e)),
     };
     let meta = f
@@ -130,6 +121,18 @@ pub fn read_private(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
         .read_to_end(&mut buf)
         .map_err(|e| IdentityError::io(path, "read", e))?;
     Ok(Some(buf))
+}
+
+/// An `O_NOFOLLOW` open met a link: refused, with the command that fixes it.
+fn link_refused(path: &Path) -> IdentityError {
+    IdentityError::Permissions {
+        path: path.to_owned(),
+        what: "is a symbolic link".into(),
+        fix: format!(
+            "replace it with the real file: cp --remove-destination \"$(readlink -f {0})\" {0}",
+            path.display()
+        ),
+    }
 }
 
 /// What a checked path is, which decides the rule applied to it.
@@ -298,14 +301,7 @@ pub fn read_checked(path: &Path, kind: Kind, uid: u32) -> Result<Vec<u8>, Vec<Id
         .open(&real)
         .map_err(|e| {
             vec![if e.raw_os_error() == Some(nix::libc::ELOOP) {
-                IdentityError::Permissions {
-                    path: path.to_owned(),
-                    what: "is a symbolic link".into(),
-                    fix: format!(
-                        "replace it with the real file: cp --remove-destination \"$(readlink -f {0})\" {0}",
-                        path.display()
-                    ),
-                }
+                link_refused(path)
             } else {
                 IdentityError::io(path, "open", e)
             }]
