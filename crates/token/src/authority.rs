@@ -8,6 +8,7 @@
 //! proof type can be built outside this module.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub const MAX_REVOKED_ENTRIES: usize = 65_536;
 
 /// Domain separation for revocation handles.
 const REVOKE_LABEL: &[u8] = b"screengate revoke v1\0";
+/// Label of the tag [`Authority::is_keyed_by`] compares.
+const KEY_CHECK_LABEL: &[u8] = b"screengate key check v1\0";
 
 /// Bytes of the MAC in a revocation handle (a forgery needs 2^128 tries).
 const REVOKE_TAG_LEN: usize = 16;
@@ -216,7 +219,11 @@ pub struct Authority<C: Clock> {
     /// the key schedule is not redone for every token.
     mac: HmacSha256,
     clock: C,
-    ttl_ms: u64,
+    /// The life of tokens minted from now on (a reload may change it).
+    ttl_ms: AtomicU64,
+    /// The longest life any token of this run was minted with: how long a
+    /// revocation must be remembered.
+    longest_ttl_ms: AtomicU64,
     ledger: Mutex<Ledger>,
     max_ledger: usize,
 }
@@ -225,9 +232,17 @@ impl<C: Clock> std::fmt::Debug for Authority<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authority")
             .field("run_id", &self.run_id)
-            .field("ttl_ms", &self.ttl_ms)
+            .field("ttl_ms", &self.ttl_ms.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
+}
+
+/// A token life in milliseconds, if it is one [`Authority`] accepts.
+fn ttl_millis(ttl: Duration) -> Result<u64, AuthorityError> {
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(AuthorityError::BadTtl);
+    }
+    u64::try_from(ttl.as_millis()).map_err(|_| AuthorityError::BadTtl)
 }
 
 impl<C: Clock> Authority<C> {
@@ -246,10 +261,7 @@ impl<C: Clock> Authority<C> {
         ttl: Duration,
         clock: C,
     ) -> Result<Self, AuthorityError> {
-        if ttl.is_zero() || ttl > MAX_TTL {
-            return Err(AuthorityError::BadTtl);
-        }
-        let ttl_ms = u64::try_from(ttl.as_millis()).map_err(|_| AuthorityError::BadTtl)?;
+        let ttl_ms = ttl_millis(ttl)?;
         let mut run_key = derive_run_key(device_key, &run_id)?;
         let mac = HmacSha256::new_from_slice(&run_key).map_err(|_| AuthorityError::KeySetup);
         run_key.zeroize();
@@ -257,7 +269,8 @@ impl<C: Clock> Authority<C> {
             run_id,
             mac: mac?,
             clock,
-            ttl_ms,
+            ttl_ms: AtomicU64::new(ttl_ms),
+            longest_ttl_ms: AtomicU64::new(ttl_ms),
             ledger: Mutex::new(Ledger {
                 consumed: HashMap::new(),
                 revoked: HashMap::new(),
@@ -273,9 +286,19 @@ impl<C: Clock> Authority<C> {
         self.run_id
     }
 
-    /// The configured token life.
+    /// The life of tokens minted from now on.
     pub fn ttl(&self) -> Duration {
-        Duration::from_millis(self.ttl_ms)
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the life of tokens minted from now on (a configuration
+    /// reload). Tokens already minted keep the expiry they carry; a
+    /// revocation is remembered for the longest life this run ever used.
+    pub fn set_ttl(&self, ttl: Duration) -> Result<(), AuthorityError> {
+        let ms = ttl_millis(ttl)?;
+        self.longest_ttl_ms.fetch_max(ms, Ordering::Relaxed);
+        self.ttl_ms.store(ms, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Current number of consumed ids held (for metrics and tests).
@@ -315,13 +338,14 @@ impl<C: Clock> Authority<C> {
                 .revoked_through_ms
                 .map_or(now_ms, |t| now_ms.max(t.saturating_add(1)))
         };
-        let expires_ms = now_ms.saturating_add(self.ttl_ms);
+        let ttl_ms = self.ttl_ms.load(Ordering::Relaxed);
+        let expires_ms = now_ms.saturating_add(ttl_ms);
         let body = RawToken::assemble(&self.run_id, &id, channel, issued_ms, expires_ms);
         let tag = self.tag(&body);
         Ok(MintedToken {
             token: SecretToken::new(RawToken::encode(&body, &tag)),
             id,
-            expires_in: Duration::from_millis(self.ttl_ms),
+            expires_in: Duration::from_millis(ttl_ms),
         })
     }
 
@@ -451,12 +475,29 @@ impl<C: Clock> Authority<C> {
             if ledger.revoked.len() >= MAX_REVOKED_ENTRIES {
                 return Err(RevokeError::Full);
             }
-            // no token of this run lives longer than one TTL from now
-            ledger
-                .revoked
-                .insert(id, now_ms.saturating_add(self.ttl_ms));
+            // no token of this run lives longer than its longest TTL from now
+            let longest = self.longest_ttl_ms.load(Ordering::Relaxed);
+            ledger.revoked.insert(id, now_ms.saturating_add(longest));
         }
         Ok(id)
+    }
+
+    /// Whether this authority was built from `device_key` (a reload asks,
+    /// to tell a rotated identity): both derive this run's key and tag one
+    /// label; the tags are compared in constant time.
+    pub fn is_keyed_by(&self, device_key: &DeviceKey) -> bool {
+        let Ok(mut run_key) = derive_run_key(device_key, &self.run_id) else {
+            return false;
+        };
+        let other = HmacSha256::new_from_slice(&run_key);
+        run_key.zeroize();
+        let Ok(mut other) = other else {
+            return false;
+        };
+        let mut mine = self.mac.clone();
+        mine.update(KEY_CHECK_LABEL);
+        other.update(KEY_CHECK_LABEL);
+        other.verify_slice(&mine.finalize().into_bytes()).is_ok()
     }
 
     /// Revokes every token minted so far on this run.

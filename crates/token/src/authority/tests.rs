@@ -617,3 +617,57 @@ fn a_token_spent_early_still_dies_by_a_later_revoke() {
     let c3 = a.consume(a.verify(&t3, Channel::Display).unwrap()).unwrap();
     assert_eq!(a.check_not_revoked(&c3), Ok(()));
 }
+
+// ---- a reload changes the TTL ---------------------------------------------
+
+#[test]
+fn set_ttl_applies_to_tokens_minted_after_it_and_not_before() {
+    let (a, clock) = authority();
+    let before = mint(&a, Channel::Display);
+    a.set_ttl(Duration::from_secs(5)).unwrap();
+    assert_eq!(a.ttl(), Duration::from_secs(5));
+    let after = mint(&a, Channel::Display);
+    clock.advance(Duration::from_secs(5));
+    // the new life for the new token, the old one for the old
+    assert_eq!(
+        a.verify(&after, Channel::Display).unwrap_err(),
+        Rejection::Expired
+    );
+    assert!(a.verify(&before, Channel::Display).is_ok());
+}
+
+#[test]
+fn set_ttl_refuses_what_new_refuses_and_keeps_the_old_life() {
+    let (a, _) = authority();
+    for bad in [Duration::ZERO, MAX_TTL + Duration::from_millis(1)] {
+        assert_eq!(a.set_ttl(bad).unwrap_err(), AuthorityError::BadTtl);
+    }
+    assert_eq!(a.ttl(), TTL);
+}
+
+#[test]
+fn a_revocation_outlives_the_longest_ttl_after_the_ttl_is_lowered() {
+    let (a, clock) = authority();
+    let (t, id) = mint_full(&a);
+    a.set_ttl(Duration::from_secs(1)).unwrap();
+    assert_eq!(a.revoke(&a.revoke_handle(&id, 7), 7), Ok(id));
+    // past the new 1 s life and a sweep, inside the token's own 30 s
+    clock.advance(Duration::from_secs(20));
+    let _ = mint(&a, Channel::Display);
+    assert_eq!(
+        a.verify(&t, Channel::Display).unwrap_err(),
+        Rejection::Revoked
+    );
+}
+
+#[test]
+fn is_keyed_by_tells_its_own_device_key_from_any_other() {
+    let (a, _) = authority();
+    assert!(a.is_keyed_by(&key(1)));
+    for other in [0u8, 2, 0xff] {
+        assert!(!a.is_keyed_by(&key(other)), "{other}");
+    }
+    let mut one_bit = [1u8; 32];
+    one_bit[31] ^= 0x80;
+    assert!(!a.is_keyed_by(&DeviceKey::from_bytes(one_bit)));
+}
