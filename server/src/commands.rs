@@ -13,8 +13,19 @@ use crate::config::{self, Config, ConfigError, FileConfig, Overrides};
 /// ([`config::Trust::for_this_process`]: root's own file only, when root)
 /// and applies the overrides.
 pub fn load_config(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+    load_config_as(file, overrides, config::Trust::for_this_process())
+}
+
+/// [`load_config`] under a given trust rule: a reload, after the drop,
+/// reads the file under the rule the server started with (root's file only,
+/// when started as root), not under the service user's.
+pub fn load_config_as(
+    file: Option<&Path>,
+    overrides: Overrides,
+    trust: config::Trust,
+) -> Result<Config, ConfigError> {
     let parsed = match file {
-        Some(p) => config::read_file(p, config::Trust::for_this_process())?,
+        Some(p) => config::read_file(p, trust)?,
         None => FileConfig::default(),
     };
     Config::resolve(file, parsed, overrides)

@@ -78,6 +78,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// Service user to drop to when started as root.
     pub user: Option<String>,
+    /// Log level: error, warn, info, debug or trace (`RUST_LOG` wins).
+    pub log_level: Option<String>,
     /// `[gateway]`.
     #[serde(default)]
     pub gateway: GatewaySection,
@@ -218,6 +220,10 @@ pub struct ControlSection {
     pub allowed_uids: Option<Vec<u32>>,
     /// Group that may connect to the socket (mode 0660 instead of 0600).
     pub group: Option<String>,
+    /// Mints a uid may make at once (the bucket size).
+    pub mint_burst: Option<u32>,
+    /// Mints per second a uid's bucket refills by.
+    pub mint_rate_per_sec: Option<u32>,
 }
 
 /// Command-line values that override the file.
@@ -374,7 +380,32 @@ pub struct Config {
     pub gateway_require_token: bool,
     /// The native listener, if configured.
     pub native: Option<NativeConfig>,
+    /// `log_level`, if set.
+    pub log_level: Option<tracing::level_filters::LevelFilter>,
+    /// Mint rate limit per uid.
+    pub mint_rate: MintRate,
 }
+
+/// The control socket's mint rate limit, per uid: a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MintRate {
+    /// Bucket size: mints at once.
+    pub burst: u32,
+    /// Refill per second.
+    pub per_sec: u32,
+}
+
+impl Default for MintRate {
+    fn default() -> Self {
+        MintRate {
+            burst: crate::limits::MINT_BURST,
+            per_sec: crate::limits::MINT_RATE_PER_SEC,
+        }
+    }
+}
+
+/// Most mints per second or at once that `[control]` may allow.
+pub const MAX_MINT_RATE: u32 = 1000;
 
 /// The default state dir: `$XDG_STATE_HOME/screengate`, else
 /// `~/.local/state/screengate`.
@@ -746,6 +777,36 @@ impl Config {
             return Err(invalid(false, "group", "must not be empty".into()));
         }
 
+        let rate = |key: &'static str, v: Option<u32>, default: u32| match v {
+            None => Ok(default),
+            Some(n) if (1..=MAX_MINT_RATE).contains(&n) => Ok(n),
+            Some(n) => Err(invalid(
+                false,
+                key,
+                format!("{n} is not between 1 and {MAX_MINT_RATE}"),
+            )),
+        };
+        let defaults = MintRate::default();
+        let mint_rate = MintRate {
+            burst: rate("mint_burst", file.control.mint_burst, defaults.burst)?,
+            per_sec: rate(
+                "mint_rate_per_sec",
+                file.control.mint_rate_per_sec,
+                defaults.per_sec,
+            )?,
+        };
+        let log_level = match file.log_level.as_deref() {
+            None => None,
+            Some(l @ ("error" | "warn" | "info" | "debug" | "trace")) => l.parse().ok(),
+            Some(other) => {
+                return Err(invalid(
+                    false,
+                    "log_level",
+                    format!("`{other}` is not error, warn, info, debug or trace"),
+                ));
+            }
+        };
+
         let gateway_client_auth = match file.gateway.client_auth.as_deref() {
             None | Some("none") => false,
             Some("pinned") => true,
@@ -849,6 +910,8 @@ impl Config {
             control_socket,
             allowed_uids,
             control_group: file.control.group,
+            log_level,
+            mint_rate,
         })
     }
 }
@@ -1136,6 +1199,41 @@ mod tests {
     fn resolve(text: &str, o: Overrides) -> Result<Config, ConfigError> {
         let p = Path::new("/etc/screengate.toml");
         Config::resolve(Some(p), parse_file(p, text)?, o)
+    }
+
+    #[test]
+    fn log_level_and_mint_rate_parse_and_refuse_what_they_are_not() {
+        let c = resolve("", Overrides::default()).unwrap();
+        assert_eq!(c.log_level, None);
+        assert_eq!(c.mint_rate, MintRate::default());
+        let c = resolve(
+            "log_level = \"debug\"\n[control]\nmint_burst = 3\nmint_rate_per_sec = 1",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.log_level,
+            Some(tracing::level_filters::LevelFilter::DEBUG)
+        );
+        assert_eq!(
+            c.mint_rate,
+            MintRate {
+                burst: 3,
+                per_sec: 1
+            }
+        );
+        for (text, key) in [
+            ("log_level = \"loud\"", "log_level"),
+            ("log_level = \"off\"", "log_level"),
+            ("log_level = \"INFO\"", "log_level"),
+            ("[control]\nmint_burst = 0", "mint_burst"),
+            ("[control]\nmint_burst = 1001", "mint_burst"),
+            ("[control]\nmint_rate_per_sec = 0", "mint_rate_per_sec"),
+        ] {
+            let e = resolve(text, Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(resolve("[control]\nmint_burst = -1", Overrides::default()).is_err());
     }
 
     #[test]

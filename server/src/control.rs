@@ -19,10 +19,8 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::audit;
-use crate::limits::{
-    CONTROL_IDLE_TIMEOUT, MAX_CONTROL_CONNECTIONS, MAX_CONTROL_LINE, MINT_BURST, MINT_RATE_PER_SEC,
-    WRITE_STALL,
-};
+use crate::config::MintRate;
+use crate::limits::{CONTROL_IDLE_TIMEOUT, MAX_CONTROL_CONNECTIONS, MAX_CONTROL_LINE, WRITE_STALL};
 use crate::server::Shared;
 
 /// A parsed control request.
@@ -109,9 +107,9 @@ pub(crate) struct Bucket {
 
 impl RateLimiter {
     /// Takes one mint for `uid`, or says how long until one is available.
-    pub fn take(&mut self, uid: u32, now: Instant) -> Result<(), Duration> {
-        let burst = f64::from(MINT_BURST);
-        let rate = f64::from(MINT_RATE_PER_SEC);
+    pub fn take(&mut self, uid: u32, now: Instant, limit: MintRate) -> Result<(), Duration> {
+        let burst = f64::from(limit.burst);
+        let rate = f64::from(limit.per_sec);
         // The map holds one entry per allowed uid at most (only allowed
         // uids reach here), so it is bounded by the allow-list.
         let b = self.buckets.entry(uid).or_insert(Bucket {
@@ -167,7 +165,6 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
         }
     };
     let pid = stream.peer_cred().ok().and_then(|c| c.pid());
-    let authorized = shared.allowed_uids.contains(&uid);
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::new(rd);
     let mut shutdown = shared.shutdown.clone();
@@ -207,7 +204,9 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
         if line.last() == Some(&b'\n') {
             line.pop();
         }
-        if !authorized {
+        // Asked per request, not per connection: a reload that removes the
+        // uid stops a connection it opened before.
+        if !shared.live().allowed_uids.contains(&uid) {
             audit!(
                 warn,
                 event = "control_rejected",
@@ -226,7 +225,7 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
             Ok(Request::Mint(channel)) => mint(&shared, uid, pid, channel),
             Ok(Request::Revoke(handle)) => revoke(&shared, uid, pid, &handle),
             Ok(Request::RevokeAll) => {
-                shared.authority.revoke_all();
+                shared.keys().authority.revoke_all();
                 let live = shared
                     .cfg
                     .max_sessions
@@ -256,7 +255,7 @@ fn mint(shared: &Shared, uid: u32, pid: Option<i32>, channel: Channel) -> serde_
         .rate
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .take(uid, Instant::now());
+        .take(uid, Instant::now(), shared.live().mint_rate);
     if let Err(wait) = limited {
         let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         audit!(
@@ -268,7 +267,8 @@ fn mint(shared: &Shared, uid: u32, pid: Option<i32>, channel: Channel) -> serde_
         );
         return json!({"ok": false, "error": "rate_limited", "retry_after_ms": retry_after_ms});
     }
-    match shared.authority.mint(channel) {
+    let keys = shared.keys();
+    match keys.authority.mint(channel) {
         Err(MintError::LedgerFull) => {
             audit!(
                 warn,
@@ -279,7 +279,7 @@ fn mint(shared: &Shared, uid: u32, pid: Option<i32>, channel: Channel) -> serde_
             );
             json!({"ok": false, "error": "ledger_full",
                 "message": "too many recently used tokens; retry after the token TTL", "retry_after_ms":
-                u64::try_from(shared.cfg.token_ttl.as_millis()).unwrap_or(u64::MAX)})
+                u64::try_from(keys.authority.ttl().as_millis()).unwrap_or(u64::MAX)})
         }
         Ok(m) => {
             audit!(info, event = "mint", uid, pid, channel = channel.as_str(), token_id = %m.id);
@@ -291,9 +291,9 @@ fn mint(shared: &Shared, uid: u32, pid: Option<i32>, channel: Channel) -> serde_
                 "url": format!("https://localhost:{port}/"),
                 "ws_url": format!("wss://localhost:{port}{}", shared.cfg.path),
                 "origin": shared.origin(),
-                "spki_pin": shared.server_pin,
+                "spki_pin": keys.server_pin,
                 "channel": channel.as_str(),
-                "token_id": shared.authority.revoke_handle(&m.id, uid),
+                "token_id": keys.authority.revoke_handle(&m.id, uid),
                 "expires_in_ms": u64::try_from(m.expires_in.as_millis()).unwrap_or(u64::MAX),
             })
         }
@@ -301,7 +301,7 @@ fn mint(shared: &Shared, uid: u32, pid: Option<i32>, channel: Channel) -> serde_
 }
 
 fn revoke(shared: &Shared, uid: u32, pid: Option<i32>, handle: &str) -> serde_json::Value {
-    match shared.authority.revoke(handle, uid) {
+    match shared.keys().authority.revoke(handle, uid) {
         Ok(id) => {
             audit!(info, event = "revoke", uid, pid, token_id = %id);
             json!({"ok": true, "revoked": 1})
@@ -405,19 +405,49 @@ mod tests {
         let mut r = RateLimiter {
             buckets: HashMap::new(),
         };
+        let l = MintRate::default();
         let t0 = Instant::now();
-        for _ in 0..MINT_BURST {
-            r.take(1, t0).unwrap();
+        for _ in 0..l.burst {
+            r.take(1, t0, l).unwrap();
         }
-        let wait = r.take(1, t0).unwrap_err();
+        let wait = r.take(1, t0, l).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
         // another uid has its own bucket
-        r.take(2, t0).unwrap();
-        // one second later: MINT_RATE_PER_SEC more
+        r.take(2, t0, l).unwrap();
+        // one second later: `per_sec` more
         let t1 = t0 + Duration::from_secs(1);
-        for _ in 0..MINT_RATE_PER_SEC {
-            r.take(1, t1).unwrap();
+        for _ in 0..l.per_sec {
+            r.take(1, t1, l).unwrap();
         }
-        assert!(r.take(1, t1).is_err());
+        assert!(r.take(1, t1, l).is_err());
+    }
+
+    #[test]
+    fn rate_limiter_follows_a_reloaded_limit_at_once() {
+        let mut r = RateLimiter {
+            buckets: HashMap::new(),
+        };
+        let t0 = Instant::now();
+        r.take(1, t0, MintRate::default()).unwrap();
+        // lowered to a bucket of 2: the bucket is cut to 2 at once (not
+        // the default's remaining burst): two more now, then none
+        let low = MintRate {
+            burst: 2,
+            per_sec: 1,
+        };
+        r.take(1, t0, low).unwrap();
+        r.take(1, t0, low).unwrap();
+        let wait = r.take(1, t0, low).unwrap_err();
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        // raised: the bucket refills toward the new size
+        let high = MintRate {
+            burst: 100,
+            per_sec: 100,
+        };
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..100 {
+            r.take(1, t1, high).unwrap();
+        }
+        assert!(r.take(1, t1, high).is_err());
     }
 }

@@ -130,7 +130,7 @@ async fn connection(
     let tls = tokio::select! {
         _ = &mut evicted => { tracing::debug!(%peer, "evicted during TLS handshake"); return }
         _ = shutdown.changed() => return,
-        r = tokio::time::timeout_at(deadline, shared.tls.accept(tcp)) => match r {
+        r = tokio::time::timeout_at(deadline, shared.keys().tls.accept(tcp)) => match r {
             Ok(Ok(s)) => { slot.advance(Stage::Tls); s }
             Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "TLS handshake failed"); return }
             Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return }

@@ -32,12 +32,13 @@ use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, Uri};
-use screengate_token::{Channel, Consumed, Rejection, Verified};
+use screengate_token::{Authority, Channel, Consumed, MonotonicClock, Rejection, Verified};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit;
 use crate::config::WhenFull;
 use crate::gateway::Peer;
+use crate::live::Keys;
 use crate::server::Shared;
 
 /// Why a handshake was refused (the audit reason).
@@ -282,6 +283,23 @@ static REJECTION_LOG: std::sync::Mutex<LogWindow> = std::sync::Mutex::new(LogWin
     suppressed: 0,
 });
 
+/// The reason of the latest refusal, for `STATUS=` (process-wide, like the
+/// log window: one server per process outside tests).
+static LAST_REFUSAL: std::sync::Mutex<Option<&'static str>> = std::sync::Mutex::new(None);
+
+/// The reason of the latest refused upgrade, if any was refused.
+pub(crate) fn last_refusal() -> Option<&'static str> {
+    *LAST_REFUSAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn note_refusal(reason: &'static str) {
+    *LAST_REFUSAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+}
+
 /// Whether to log this rejection, and how many were suppressed before it.
 fn rejection_log_slot() -> Option<u64> {
     let now = std::time::SystemTime::now()
@@ -305,6 +323,7 @@ fn rejection_log_slot() -> Option<u64> {
 }
 
 fn refuse(peer: &Peer, uid: Option<u32>, refusal: Refusal, token_id: Option<String>) -> Response {
+    note_refusal(refusal.reason());
     if let Some(suppressed) = rejection_log_slot() {
         audit!(warn, event = "rejected", reason = refusal.reason(), peer = %peer, peer_uid = uid,
             token_id = token_id.as_deref().unwrap_or("-"), suppressed_before = suppressed);
@@ -322,6 +341,7 @@ fn refuse_backend(
 ) -> Response {
     // the token is kept unless it already replaced a session
     tracing::warn!(error = %e, "backend connect failed");
+    note_refusal(e.reason());
     if let Some(suppressed) = rejection_log_slot() {
         let (expected, actual) = e.uids().unzip();
         audit!(warn, event = "rejected", reason = e.reason(), peer = %peer, peer_uid = uid,
@@ -338,6 +358,8 @@ fn refuse_backend(
 /// connect deadline.
 async fn connect_backend(
     shared: &Shared,
+    keys: &Keys,
+    when_full: WhenFull,
     mut replaced: bool,
     ticket: &mut Ticket,
     token_id: Option<&str>,
@@ -346,13 +368,13 @@ async fn connect_backend(
     let backend_refusal = ConnectFail::Backend;
     let first = shared.backend.connect().await;
     let busy = matches!(first, Err(BackendError::Busy { .. }));
-    if !busy || shared.cfg.when_full != WhenFull::ReplaceOldest {
+    if !busy || when_full != WhenFull::ReplaceOldest {
         return first.map_err(backend_refusal);
     }
     if !replaced {
         replaced = shared
             .roster
-            .replace_oldest_if(|| ticket.spend(shared))
+            .replace_oldest_if(|| ticket.spend(&keys.authority))
             .map_err(ConnectFail::Spent)?;
         if replaced {
             audit!(
@@ -413,10 +435,10 @@ enum Ticket {
 
 impl Ticket {
     /// Spends a verified token now; a no-op for one already spent or absent.
-    fn spend(&mut self, shared: &Shared) -> Result<(), Rejection> {
+    fn spend(&mut self, authority: &Authority<MonotonicClock>) -> Result<(), Rejection> {
         match std::mem::replace(self, Ticket::Pinned) {
             Ticket::Verified(v) => {
-                *self = Ticket::Spent(shared.authority.consume(v)?);
+                *self = Ticket::Spent(authority.consume(v)?);
                 Ok(())
             }
             other => {
@@ -456,7 +478,7 @@ fn gateway_peer_uid(shared: &Shared, peer: &Peer) -> Result<u32, (Refusal, Optio
     if let Err(e) = &lookup {
         tracing::warn!(peer = %peer, error = %e, "cannot tell the owner of the client socket; refusing");
     }
-    peer_uid_verdict(lookup, &shared.allowed_peer_uids)
+    peer_uid_verdict(lookup, &shared.live().allowed_peer_uids)
 }
 
 /// Everything after the listener-specific header checks, shared by both
@@ -484,9 +506,13 @@ async fn admit(
     if token.is_none() && require_token {
         return refuse(&peer, uid, Refusal::MissingToken, None);
     }
+    // One identity and one set of live settings for the whole handshake,
+    // whatever a reload swaps in meanwhile.
+    let keys = shared.keys();
+    let when_full = shared.live().when_full;
     let verified = match token {
         None => None,
-        Some(text) => match shared.authority.verify(text, channel) {
+        Some(text) => match keys.authority.verify(text, channel) {
             Ok(v) => Some(v),
             Err(r) => {
                 return refuse(
@@ -516,8 +542,11 @@ async fn admit(
     let mut replaced = false;
     let slot = match shared.sessions.clone().try_acquire_owned() {
         Ok(s) => s,
-        Err(_) if shared.cfg.when_full == WhenFull::ReplaceOldest => {
-            match shared.roster.replace_oldest_if(|| ticket.spend(&shared)) {
+        Err(_) if when_full == WhenFull::ReplaceOldest => {
+            match shared
+                .roster
+                .replace_oldest_if(|| ticket.spend(&keys.authority))
+            {
                 Ok(true) => {}
                 Ok(false) => return refuse(&peer, uid, Refusal::SessionLimit, id),
                 Err(r) => return refuse(&peer, uid, Refusal::Token(r), id),
@@ -541,7 +570,15 @@ async fn admit(
         }
         Err(_) => return refuse(&peer, uid, Refusal::SessionLimit, id),
     };
-    let backend = match connect_backend(&shared, replaced, &mut ticket, id.as_deref()).await {
+    let connected = connect_backend(
+        &shared,
+        &keys,
+        when_full,
+        replaced,
+        &mut ticket,
+        id.as_deref(),
+    );
+    let backend = match connected.await {
         Ok(b) => b,
         Err(ConnectFail::Backend(e)) => return refuse_backend(&peer, uid, &e, id),
         Err(ConnectFail::Spent(r)) => return refuse(&peer, uid, Refusal::Token(r), id),
@@ -552,11 +589,11 @@ async fn admit(
     let auth = match ticket {
         Ticket::Pinned => SessionAuth::PinnedClientCert,
         // spent before a replacement, seconds ago: a revoke since wins
-        Ticket::Spent(c) => match shared.authority.check_not_revoked(&c) {
+        Ticket::Spent(c) => match keys.authority.check_not_revoked(&c) {
             Ok(()) => SessionAuth::Token(c),
             Err(r) => return refuse(&peer, uid, Refusal::Token(r), id),
         },
-        Ticket::Verified(v) => match shared.authority.consume(v) {
+        Ticket::Verified(v) => match keys.authority.consume(v) {
             Ok(c) => SessionAuth::Token(c),
             Err(r) => return refuse(&peer, uid, Refusal::Token(r), id),
         },
@@ -592,10 +629,11 @@ pub(crate) async fn upgrade(
         Ok(uid) => uid,
         Err((r, uid)) => return refuse(&peer, uid, r, None),
     };
+    let live = shared.live();
     let policy = Policy {
         port: shared.port,
         listen_ip: shared.listen_ip,
-        origins: &shared.origins,
+        origins: &live.origins,
         token_header: &shared.cfg.token_header,
     };
     let token = match check_request(&headers, &uri, &policy) {

@@ -20,6 +20,7 @@ pub mod demo;
 mod gateway;
 mod guard;
 mod limits;
+mod live;
 mod native;
 mod notify;
 pub mod peer_uid;
@@ -33,6 +34,7 @@ mod web;
 
 pub use config::{BackendSpec, Config, ConfigError, Overrides};
 pub use limits::*;
+pub use live::Reloader;
 pub use server::{Server, ServerError, run};
 
 /// Small helpers on identity outcomes for the command line.

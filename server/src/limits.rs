@@ -47,9 +47,10 @@ pub const MAX_CONTROL_LINE: usize = 4 * 1024;
 pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Control connections open at once; more wait in the kernel backlog.
 pub const MAX_CONTROL_CONNECTIONS: usize = 64;
-/// Mint burst allowed per uid.
+/// Mint burst allowed per uid, unless `[control] mint_burst` says otherwise.
 pub const MINT_BURST: u32 = 20;
-/// Mints per second per uid, sustained.
+/// Mints per second per uid, sustained, unless `[control] mint_rate_per_sec`
+/// says otherwise (both change on a reload).
 pub const MINT_RATE_PER_SEC: u32 = 10;
 /// How long shutdown waits for sessions to close before returning.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use screengate_server::commands;
 use screengate_server::config::default_state_dir;
 use screengate_server::privilege::{self, NeededDir};
-use screengate_server::{InitOutcomeExt as _, Overrides};
+use screengate_server::{InitOutcomeExt as _, Overrides, Reloader};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Registry, reload};
 
 /// Exit code for bad configuration (BSD EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -118,31 +122,58 @@ struct Common {
     state_dir: Option<PathBuf>,
 }
 
-/// `RUST_LOG` is one level (`error` … `trace`, `off`); default `info`. A
-/// value that is not a level is reported, not silently ignored. (A level,
-/// not per-target directives: the regex-based `EnvFilter` cost ~0.5 MiB of
-/// binary on devices with little flash.)
-fn log_level() -> tracing_subscriber::filter::LevelFilter {
+/// `RUST_LOG` is one level (`error` … `trace`, `off`). A value that is
+/// not a level is reported, not silently ignored. (A level, not per-target
+/// directives: the regex-based `EnvFilter` cost ~0.5 MiB of binary on
+/// devices with little flash.)
+fn env_log_level() -> Option<LevelFilter> {
     let v = std::env::var("RUST_LOG").unwrap_or_default();
     if v.is_empty() {
-        return tracing_subscriber::filter::LevelFilter::INFO;
+        return None;
     }
-    v.parse().unwrap_or_else(|_| {
-        eprintln!("screengate: RUST_LOG={v:?} is not a level (error|warn|info|debug|trace|off); using info");
-        tracing_subscriber::filter::LevelFilter::INFO
-    })
+    match v.parse() {
+        Ok(l) => Some(l),
+        Err(_) => {
+            eprintln!(
+                "screengate: RUST_LOG={v:?} is not a level (error|warn|info|debug|trace|off); using info"
+            );
+            Some(LevelFilter::INFO)
+        }
+    }
 }
 
-fn init_tracing(format: LogFormat) {
+/// The log level in force: `RUST_LOG` when set, else the config's
+/// `log_level` (which a reload may change), else `info`.
+#[derive(Clone)]
+struct LogLevel {
+    handle: reload::Handle<LevelFilter, Registry>,
+    from_env: Option<LevelFilter>,
+}
+
+impl LogLevel {
+    fn set(&self, configured: Option<LevelFilter>) {
+        if self.from_env.is_some() {
+            return;
+        }
+        if let Err(e) = self.handle.reload(configured.unwrap_or(LevelFilter::INFO)) {
+            tracing::warn!(error = %e, "could not change the log level");
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) -> LogLevel {
+    let from_env = env_log_level();
+    let (filter, handle) = reload::Layer::new(from_env.unwrap_or(LevelFilter::INFO));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_max_level(log_level())
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
     }
+    LogLevel { handle, from_env }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -155,26 +186,43 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-async fn terminated() {
+/// Resolves on SIGTERM or SIGINT. A SIGHUP (`systemctl reload`, a closed
+/// terminal) asks `reloads` for a reload, or is ignored without one: never
+/// the default action, which would take the display down. Requests that
+/// arrive while one is pending join it. The handlers are installed when
+/// this is called (inside the runtime, before anything is bound), so no
+/// signal after `READY=1` meets the default action.
+fn terminated(
+    reloads: Option<tokio::sync::mpsc::Sender<()>>,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
-    ) {
-        (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = int.recv() => return,
-                // A hangup (a closed terminal, `systemctl reload`) must not
-                // take the display down, as the default action would.
-                _ = hup.recv() => tracing::warn!(
-                    "SIGHUP: reloading the configuration is not supported yet; \
-                     still serving with the configuration read at start (restart to apply changes)"
-                ),
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
+                tokio::select! {
+                    _ = term.recv() => return,
+                    _ = int.recv() => return,
+                    _ = hup.recv() => match &reloads {
+                        Some(tx) => {
+                            tracing::info!("SIGHUP: reloading the configuration");
+                            if tx.try_send(()).is_err() {
+                                tracing::info!("a reload is already pending; this SIGHUP joins it");
+                            }
+                        }
+                        None => tracing::warn!("SIGHUP ignored: nothing to reload"),
+                    },
+                }
+            },
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                tracing::error!(error = %e, "cannot handle signals; SIGTERM will not stop this process cleanly");
+                std::future::pending().await
             }
-        },
-        _ => std::future::pending().await,
+        }
     }
 }
 
@@ -315,11 +363,15 @@ fn run_other(cmd: Cmd) -> ExitCode {
                 Ok(rt) => rt,
                 Err(c) => return c,
             };
-            match rt.block_on(screengate_server::demo::serve_unix(
-                &unix,
-                screengate_server::config::DEFAULT_MAX_MESSAGE,
-                terminated(),
-            )) {
+            match rt.block_on(async {
+                let stop = terminated(None);
+                screengate_server::demo::serve_unix(
+                    &unix,
+                    screengate_server::config::DEFAULT_MAX_MESSAGE,
+                    stop,
+                )
+                .await
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("screengate: demo backend {}: {e}", unix.display());
@@ -342,7 +394,7 @@ fn run_other(cmd: Cmd) -> ExitCode {
             native_allow_uid,
             native_require_token,
         } => {
-            init_tracing(log_format);
+            let log = init_tracing(log_format);
             let o = Overrides {
                 state_dir: common.state_dir,
                 listen,
@@ -357,6 +409,11 @@ fn run_other(cmd: Cmd) -> ExitCode {
                 native_allow_uids: native_allow_uid,
                 native_require_token,
             };
+            // A reload reads the same file, under the rule of the start
+            // (before the drop), with the same overrides.
+            let trust = screengate_server::config::Trust::for_this_process();
+            let file = common.config.clone();
+            let again = o.clone();
             let cfg = match commands::load_config(common.config.as_deref(), o) {
                 Ok(c) => c,
                 Err(e) => {
@@ -399,7 +456,23 @@ fn run_other(cmd: Cmd) -> ExitCode {
                 Ok(rt) => rt,
                 Err(c) => return c,
             };
-            match rt.block_on(screengate_server::run(cfg, terminated())) {
+            log.set(cfg.log_level);
+            let reloader = Reloader {
+                load: Box::new(move || {
+                    commands::load_config_as(file.as_deref(), again.clone(), trust)
+                }),
+                set_log_level: Box::new(move |l| log.set(l)),
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let served = rt.block_on(async move {
+                let stop = terminated(Some(tx));
+                screengate_server::Server::bind(cfg)
+                    .await?
+                    .reloading(reloader, rx)
+                    .serve(stop)
+                    .await
+            });
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("screengate: {e}");

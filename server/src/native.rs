@@ -9,31 +9,18 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 use tokio::net::{UnixListener, UnixStream};
-use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::{Peer, serve_http};
 use crate::limits::TLS_HANDSHAKE_TIMEOUT;
 use crate::pending::{PendingSlot, Stage};
 use crate::server::Shared;
 
-/// The native listener's own settings, resolved at bind time.
+/// The native listener's own settings, resolved at bind time (its uid
+/// allow-list is live, its TLS comes with the identity's keys).
+#[derive(Debug)]
 pub(crate) struct Native {
-    /// Peer uids allowed to connect.
-    pub allowed_uids: Vec<u32>,
-    /// TLS, when configured.
-    pub tls: Option<TlsAcceptor>,
     /// Token required on the upgrade.
     pub require_token: bool,
-}
-
-impl std::fmt::Debug for Native {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Native")
-            .field("allowed_uids", &self.allowed_uids)
-            .field("tls", &self.tls.is_some())
-            .field("require_token", &self.require_token)
-            .finish()
-    }
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -75,9 +62,9 @@ async fn connection(
     slot: &PendingSlot,
     evicted: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let Some(native) = shared.native.as_ref() else {
+    if shared.native.is_none() {
         return;
-    };
+    }
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => {
@@ -89,12 +76,13 @@ async fn connection(
         uid: cred.uid(),
         pid: cred.pid(),
     };
-    if !native.allowed_uids.contains(&cred.uid()) {
+    if !shared.live().native_allowed_uids.contains(&cred.uid()) {
         crate::audit!(warn, event = "rejected", reason = "uid_not_allowed", listener = "native", peer = %peer);
         return;
     }
     slot.advance(Stage::Handshaking);
-    match &native.tls {
+    let native_tls = shared.keys().native_tls.clone();
+    match &native_tls {
         None => {
             slot.advance(Stage::Tls);
             serve_http(shared.clone(), router, stream, peer, evicted).await

@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex};
 use http::HeaderValue;
 use screengate_identity::fsutil::{self, Kind};
 use screengate_identity::{IdentityError, StateDir};
-use screengate_token::{Authority, AuthorityError, MonotonicClock};
+use screengate_token::AuthorityError;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::info;
 
-use crate::config::{Config, NativeTls};
+use crate::config::Config;
 use crate::control::RateLimiter;
 use crate::limits::SHUTDOWN_GRACE;
+use crate::live::{Keys, Live, Outcome, Reloader, Swap};
 use crate::pending::Pending;
 
 /// Why the server refused to start. Each names the file or address.
@@ -62,17 +62,19 @@ pub enum ServerError {
 
 /// State shared by every task of one server run.
 pub(crate) struct Shared {
+    /// The configuration the server started with. A reload never changes
+    /// it: what it may change lives in `live`, `keys` and `log_level`.
     pub cfg: Config,
-    pub authority: Authority<MonotonicClock>,
+    /// Origins, uids, `when_full`, mint rate: swapped by a reload.
+    pub live: Swap<Live>,
+    /// Token authority and TLS of the device identity: swapped when a
+    /// reload finds it rotated.
+    pub keys: Swap<Keys>,
+    /// The configured log level in force (`None`: as started).
+    pub log_level: Swap<Option<tracing::level_filters::LevelFilter>>,
     pub port: u16,
     pub listen_ip: IpAddr,
-    pub origins: Vec<String>,
-    pub allowed_uids: Vec<u32>,
-    /// Uids whose loopback connections may upgrade on the TLS listener.
-    pub allowed_peer_uids: Vec<u32>,
-    pub server_pin: String,
     pub token_header_display: String,
-    pub tls: TlsAcceptor,
     pub sessions: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     /// Bumped by a control `revoke all`: every live session closes.
@@ -94,6 +96,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A snapshot of the live settings, for one request.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.get()
+    }
+
+    /// A snapshot of the identity's keys, for one handshake or request.
+    pub fn keys(&self) -> Arc<Keys> {
+        self.keys.get()
+    }
+
     pub fn origin(&self) -> String {
         format!("https://localhost:{}", self.port)
     }
@@ -106,6 +118,7 @@ pub struct Server {
     control: UnixListener,
     native: Option<UnixListener>,
     shutdown_tx: watch::Sender<bool>,
+    reload: Option<(Reloader, mpsc::Receiver<()>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -147,21 +160,7 @@ impl Server {
             "state dir"
         };
         info!(device_key_source = source, "device identity loaded");
-        let authority = Authority::new(&identity.device_key, cfg.token_ttl, MonotonicClock::new())?;
-        let tls = TlsAcceptor::from(crate::tls::server_config(
-            &identity,
-            cfg.gateway_client_auth,
-        )?);
-        let native_tls = match cfg.native.as_ref().map(|n| n.tls) {
-            None | Some(NativeTls::Off) => None,
-            Some(NativeTls::Server) => Some(TlsAcceptor::from(crate::tls::server_config(
-                &identity, false,
-            )?)),
-            Some(NativeTls::Mutual) => Some(TlsAcceptor::from(crate::tls::server_config(
-                &identity, true,
-            )?)),
-        };
-        let server_pin = identity.server_pin.to_string();
+        let keys = Keys::new(&identity, &cfg)?;
         drop(identity);
         let backend = crate::backend::build(&cfg, uid)?;
 
@@ -181,21 +180,11 @@ impl Server {
             Some(n) => Some(bind_private_socket(&n.socket, n.group.as_deref(), uid)?),
         };
         let native = cfg.native.as_ref().map(|n| crate::native::Native {
-            allowed_uids: n.allowed_uids.clone().unwrap_or_else(|| vec![uid]),
-            tls: native_tls,
             require_token: n.require_token,
         });
 
         let port = local.port();
-        let origins = cfg
-            .allowed_origins
-            .clone()
-            .unwrap_or_else(|| vec![format!("https://localhost:{port}")]);
-        let allowed_uids = cfg.allowed_uids.clone().unwrap_or_else(|| vec![uid]);
-        let allowed_peer_uids = cfg
-            .allowed_peer_uids
-            .clone()
-            .unwrap_or_else(|| allowed_uids.clone());
+        let live = Live::new(&cfg, uid, port);
         let csp = HeaderValue::from_str(&format!(
             "default-src 'self'; connect-src wss://localhost:{port}; frame-ancestors 'none'; \
              frame-src 'none'; object-src 'none'; base-uri 'none'"
@@ -210,21 +199,18 @@ impl Server {
             listen = %local,
             control = %cfg.control_socket.display(),
             backend = %cfg.backend,
-            run = ?authority.run_id(),
+            run = ?keys.authority.run_id(),
             ttl = %humantime::format_duration(cfg.token_ttl),
             "screengate bound"
         );
         let shared = Arc::new(Shared {
             sessions: Arc::new(Semaphore::new(cfg.max_sessions)),
-            authority,
+            live: Swap::new(live),
+            keys: Swap::new(keys),
+            log_level: Swap::new(cfg.log_level),
             port,
             listen_ip: local.ip(),
-            origins,
-            allowed_uids,
-            allowed_peer_uids,
-            server_pin,
             token_header_display,
-            tls,
             shutdown: shutdown_rx,
             revoked_all: watch::channel(0).0,
             pending: Arc::new(Pending::default()),
@@ -245,6 +231,7 @@ impl Server {
             control,
             native: native_listener,
             shutdown_tx,
+            reload: None,
         })
     }
 
@@ -263,9 +250,17 @@ impl Server {
         self.shared.cfg.native.as_ref().map(|n| n.socket.as_path())
     }
 
-    /// The gateway certificate's SPKI pin.
-    pub fn server_pin(&self) -> &str {
-        &self.shared.server_pin
+    /// The gateway certificate's SPKI pin (of the identity in force).
+    pub fn server_pin(&self) -> String {
+        self.shared.keys().server_pin.clone()
+    }
+
+    /// Reloads the configuration with `reloader` each time `requests`
+    /// yields (SIGHUP, in `main`), while serving. Without it, nothing
+    /// reloads.
+    pub fn reloading(mut self, reloader: Reloader, requests: mpsc::Receiver<()>) -> Server {
+        self.reload = Some((reloader, requests));
+        self
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, closes
@@ -277,6 +272,7 @@ impl Server {
             control,
             native,
             shutdown_tx,
+            reload,
         } = self;
         let gw = tokio::spawn(crate::gateway::accept_loop(shared.clone(), tcp));
         let ctl = tokio::spawn(crate::control::accept_loop(shared.clone(), control));
@@ -287,16 +283,37 @@ impl Server {
             "READY=1\nSTATUS=serving on {}:{}, 0 sessions",
             shared.listen_ip, shared.port
         ));
+        // The last reload's outcome, for `STATUS=` until the next one.
+        let last_reload: Arc<Mutex<Option<String>>> = Arc::default();
         let pinger = notifier.ping_every().map(|every| {
-            let (n, shared) = (notifier.clone(), shared.clone());
+            let (n, shared, last_reload) = (notifier.clone(), shared.clone(), last_reload.clone());
             tokio::spawn(async move {
-                let max = shared.cfg.max_sessions;
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    let live = max.saturating_sub(shared.sessions.available_permits());
-                    n.send(&format!("WATCHDOG=1\nSTATUS={live} of {max} sessions"));
+                    n.send(&format!(
+                        "WATCHDOG=1\nSTATUS={}",
+                        status(&shared, &last_reload)
+                    ));
+                }
+            })
+        });
+        let reloader = reload.map(|(reloader, mut requests)| {
+            let (n, shared) = (notifier.clone(), shared.clone());
+            let reloader = Arc::new(reloader);
+            tokio::spawn(async move {
+                while requests.recv().await.is_some() {
+                    let (s, r) = (shared.clone(), reloader.clone());
+                    // File reads and key parsing: off the event loop.
+                    let outcome = tokio::task::spawn_blocking(move || crate::live::reload(&s, &r))
+                        .await
+                        .unwrap_or_else(|e| Outcome::Refused(vec![format!("reload task: {e}")]));
+                    let line = log_reload(&outcome);
+                    *last_reload
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(line);
+                    n.send(&format!("STATUS={}", status(&shared, &last_reload)));
                 }
             })
         });
@@ -304,6 +321,9 @@ impl Server {
         notifier.send("STOPPING=1\nSTATUS=stopping");
         if let Some(p) = pinger {
             p.abort();
+        }
+        if let Some(r) = reloader {
+            r.abort();
         }
         info!("shutdown requested: closing listeners and sessions");
         let _ = shutdown_tx.send(true);
@@ -325,6 +345,65 @@ impl Server {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// The `STATUS=` line: sessions, the latest refusal, the latest reload.
+fn status(shared: &Shared, last_reload: &Mutex<Option<String>>) -> String {
+    let max = shared.cfg.max_sessions;
+    let live = max.saturating_sub(shared.sessions.available_permits());
+    let mut s = format!("{live} of {max} sessions");
+    if let Some(r) = crate::guard::last_refusal() {
+        s.push_str("; last refusal: ");
+        s.push_str(r);
+    }
+    if let Some(r) = &*last_reload
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        s.push_str("; ");
+        s.push_str(r);
+    }
+    s
+}
+
+/// Logs a reload's outcome; returns its one-line summary for `STATUS=`.
+fn log_reload(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Applied {
+            changed,
+            need_restart,
+            rotated,
+        } => {
+            let changed = if changed.is_empty() {
+                "none".to_owned()
+            } else {
+                changed.join(", ")
+            };
+            if !need_restart.is_empty() {
+                tracing::warn!(
+                    keys = %need_restart.join(", "),
+                    "reload: these keys changed but need a restart; still running with their old values"
+                );
+            }
+            if *rotated {
+                crate::audit!(
+                    warn,
+                    event = "identity_rotated",
+                    "reload: new device identity; every earlier token is revoked and every session closed"
+                );
+            }
+            info!(changed = %changed, rotated = *rotated, "reload: configuration applied");
+            format!("reloaded (changed: {changed})")
+        }
+        Outcome::Refused(problems) => {
+            for p in problems {
+                tracing::error!(problem = %p, "reload refused; still running with the configuration in force");
+            }
+            let first = problems.first().map_or("", String::as_str);
+            let first = first.lines().next().unwrap_or("");
+            format!("reload refused: {first}")
+        }
     }
 }
 

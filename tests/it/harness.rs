@@ -95,7 +95,7 @@ async fn start_configured(
     let control = cfg.control_socket.clone();
     let server = Server::bind(cfg).await.expect("server binds");
     let addr = server.local_addr();
-    let pin = Pin::parse(server.server_pin()).unwrap();
+    let pin = Pin::parse(&server.server_pin()).unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async move {
         let _ = rx.await;

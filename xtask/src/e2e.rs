@@ -28,6 +28,8 @@ mod launcher;
 mod native;
 #[path = "e2e_privilege.rs"]
 mod privilege;
+#[path = "e2e_reload.rs"]
+mod reload;
 #[path = "e2e_sdk.rs"]
 mod sdk;
 #[path = "e2e_stream.rs"]
@@ -898,6 +900,9 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     if stream::CASES.contains(&name) {
         return stream::dispatch(name, fx).await;
     }
+    if reload::CASES.contains(&name) {
+        return reload::dispatch(name, fx).await;
+    }
     if sdk::CASES.contains(&name) {
         return sdk::dispatch(name, fx).await;
     }
@@ -994,6 +999,7 @@ fn case_names() -> Vec<&'static str> {
     v.extend(hostile::CASES);
     v.extend(stream::CASES);
     v.extend(sdk::CASES);
+    v.extend(reload::CASES);
     v.extend([
         // last: reads the logs every case above produced
         "audit_log_has_reasons_and_no_secrets",
