@@ -24,12 +24,8 @@ pub const CASES: &[&str] = &[
 pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     Some(match name {
         "reload_with_a_bad_file_keeps_the_old_config_in_force" => bad_file(fx).await,
-        "reload_removing_an_origin_refuses_it_live_session_untouched" => {
-            origin_removed(fx).await
-        }
-        "reload_after_a_new_identity_kills_earlier_tokens_and_sessions" => {
-            new_identity(fx).await
-        }
+        "reload_removing_an_origin_refuses_it_live_session_untouched" => origin_removed(fx).await,
+        "reload_after_a_new_identity_kills_earlier_tokens_and_sessions" => new_identity(fx).await,
         _ => return None,
     })
 }
@@ -71,8 +67,7 @@ async fn start(
 async fn reload(s: &ServerProc, file: &Path, body: &str, outcome: &str) -> R {
     let before = s.log_text().matches(outcome).count();
     std::fs::write(file, body).map_err(|e| e.to_string())?;
-    nix::sys::signal::kill(s.pid(), nix::sys::signal::Signal::SIGHUP)
-        .map_err(|e| e.to_string())?;
+    nix::sys::signal::kill(s.pid(), nix::sys::signal::Signal::SIGHUP).map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(10) {
         if s.log_text().matches(outcome).count() > before {
@@ -117,7 +112,10 @@ async fn bad_file(fx: &Fx) -> R {
         ("an unknown key", config(&[B], "no_such_key = 1")),
         ("a zero ttl", config(&[B], "[tokens]\nttl = \"0s\"")),
         ("a bad origin", config(&["null"], "")),
-        ("a mint rate of 0", config(&[B], "[control]\nmint_rate_per_sec = 0")),
+        (
+            "a mint rate of 0",
+            config(&[B], "[control]\nmint_rate_per_sec = 0"),
+        ),
         ("a web_root without index.html", {
             let dir = fx.base.join("reload-bad-web");
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -144,7 +142,9 @@ async fn bad_file(fx: &Fx) -> R {
         upgrade_status(fx, &s, addr, pin, B).await?,
     );
     if (a, b) != (403, 101) {
-        return Err(format!("after a good reload: A got {a}, B got {b} (expected 403, 101)"));
+        return Err(format!(
+            "after a good reload: A got {a}, B got {b} (expected 403, 101)"
+        ));
     }
     let log = s.log_text();
     if log.matches("reload refused").count() < bad.len() {
@@ -156,7 +156,10 @@ async fn bad_file(fx: &Fx) -> R {
     if !st.success() {
         return Err(format!("exit {st} after the reloads"));
     }
-    println!("      ({} bad files refused, old config in force after each; a good one applied)", bad.len());
+    println!(
+        "      ({} bad files refused, old config in force after each; a good one applied)",
+        bad.len()
+    );
     Ok(())
 }
 
@@ -183,9 +186,9 @@ async fn origin_removed(fx: &Fx) -> R {
             "after removing origin A: A got {a}, B got {b} (expected 403, 101)"
         ));
     }
-    let got = echo(&mut live, "after the reload").await.map_err(|e| {
-        format!("the live session from origin A did not survive the reload: {e}")
-    })?;
+    let got = echo(&mut live, "after the reload")
+        .await
+        .map_err(|e| format!("the live session from origin A did not survive the reload: {e}"))?;
     if got != "after the reload" {
         return Err(format!("the live session echoed {got:?}"));
     }
@@ -206,9 +209,10 @@ async fn origin_removed(fx: &Fx) -> R {
         return Err("the changed max_message_size was not named as needing a restart".into());
     }
     let v = screengate_tests::control(&s.control, r#"{"op":"mint","channel":"display"}"#).await?;
-    let ms = v["expires_in_ms"]
-        .as_u64()
-        .ok_or(format!("no expires_in_ms in the mint reply: {}", v["error"]))?;
+    let ms = v["expires_in_ms"].as_u64().ok_or(format!(
+        "no expires_in_ms in the mint reply: {}",
+        v["error"]
+    ))?;
     if ms > 7000 {
         return Err(format!("a token minted after ttl = 7s lives {ms} ms"));
     }
@@ -218,7 +222,9 @@ async fn origin_removed(fx: &Fx) -> R {
     if !st.success() {
         return Err(format!("exit {st}"));
     }
-    println!("      (A 403 and B 101 after the reload; the session from A still echoes; max_message_size named for restart)");
+    println!(
+        "      (A 403 and B 101 after the reload; the session from A still echoes; max_message_size named for restart)"
+    );
     Ok(())
 }
 
@@ -279,6 +285,8 @@ async fn new_identity(fx: &Fx) -> R {
     if !st.success() {
         return Err(format!("exit {st}"));
     }
-    println!("      (old session closed, old token 403, old pin refused, new token 101 under the new pin)");
+    println!(
+        "      (old session closed, old token 403, old pin refused, new token 101 under the new pin)"
+    );
     Ok(())
 }
