@@ -846,165 +846,172 @@ async fn audit_log_has_reasons_and_no_secrets(fx: &Fx) -> R {
     Ok(())
 }
 
-// ---- the runner --------------------------------------------------------------
+// ---- the case table ----------------------------------------------------------
 
-const ORIGINS: &[(&str, Option<&str>)] = &[
-    ("origin_null_refused", Some("null")),
-    ("origin_missing_refused", None),
-    (
-        "origin_lookalike_suffix_refused",
-        Some("https://localhost:{p}.evil.example"),
-    ),
-    (
-        "origin_lookalike_host_refused",
-        Some("https://localhost.evil.example:{p}"),
-    ),
-    ("origin_other_port_refused", Some("https://localhost:1")),
-    ("origin_http_scheme_refused", Some("http://localhost:{p}")),
-    ("origin_ip_literal_refused", Some("https://127.0.0.1:{p}")),
-    ("origin_uppercase_refused", Some("https://LOCALHOST:{p}")),
-    (
-        "origin_trailing_slash_refused",
-        Some("https://localhost:{p}/"),
-    ),
-    ("origin_no_port_refused", Some("https://localhost")),
-    ("origin_file_refused", Some("file://")),
-    ("origin_other_site_refused", Some("https://evil.example")),
-];
-
-const HOSTS: &[(&str, Option<&str>, u16)] = &[
-    ("host_missing_400", None, 400),
-    ("host_rebinding_name_403", Some("evil.example:{p}"), 403),
-    ("host_without_port_403", Some("localhost"), 403),
-    ("host_other_port_403", Some("localhost:1"), 403),
-    (
-        "host_lookalike_403",
-        Some("localhost.evil.example:{p}"),
-        403,
-    ),
-];
-
-async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
-    if launcher::CASES.contains(&name) {
-        return launcher::dispatch(name, fx).await;
-    }
-    if privilege::CASES.contains(&name) {
-        return privilege::dispatch(name, fx).await;
-    }
-    if native::CASES.contains(&name) {
-        return native::dispatch(name, fx).await;
-    }
-    if hostile::CASES.contains(&name) {
-        return hostile::dispatch(name, fx).await;
-    }
-    if stream::CASES.contains(&name) {
-        return stream::dispatch(name, fx).await;
-    }
-    if reload::CASES.contains(&name) {
-        return reload::dispatch(name, fx).await;
-    }
-    if sdk::CASES.contains(&name) {
-        return sdk::dispatch(name, fx).await;
-    }
-    let p = fx.port().to_string();
-    if let Some((_, o)) = ORIGINS.iter().find(|(n, _)| *n == name) {
-        let o = o.map(|o| o.replace("{p}", &p));
-        return Some(origin_variant(fx, o.as_deref()).await);
-    }
-    if let Some((_, h, st)) = HOSTS.iter().find(|(n, _, _)| *n == name) {
-        let h = h.map(|h| h.replace("{p}", &p));
-        return Some(host_variant(fx, h.as_deref(), *st).await);
-    }
-    Some(match name {
-        "valid_handshake_and_echo" => valid_handshake_and_echo(fx).await,
-        "replay_refused" => replay_refused(fx).await,
-        "parallel_20_upgrades_one_token_exactly_one_101" => {
-            parallel_20_upgrades_one_token(fx).await
-        }
-        "expired_token_refused" => expired_token_refused(fx).await,
-        "bit_flipped_tokens_refused" => bit_flipped_tokens_refused(fx).await,
-        "revoked_token_refused" => revoked_token_refused(fx).await,
-        "revoke_all_closes_sessions_and_kills_earlier_tokens" => {
-            revoke_all_closes_sessions(fx).await
-        }
-        "truncated_token_refused" => truncated_token_refused(fx).await,
-        "random_tokens_refused" => random_tokens_refused(fx).await,
-        "empty_token_refused" => empty_token_refused(fx).await,
-        "non_ascii_token_refused" => non_ascii_token_refused(fx).await,
-        "token_from_another_device_refused" => token_from_another_device_refused(fx).await,
-        "token_from_before_restart_refused" => token_from_before_restart_refused(fx).await,
-        "host_duplicated_400" => duplicated(fx, "Host").await,
-        "origin_duplicated_400" => duplicated(fx, "Origin").await,
-        "token_duplicated_400" => duplicated(fx, "X-Screengate-Token").await,
-        "token_in_query_refused" => token_in_query_refused(fx).await,
-        "token_in_cookie_refused" => token_in_cookie_refused(fx).await,
-        "token_in_subprotocol_refused" => token_in_subprotocol_refused(fx).await,
-        "plaintext_ws_against_tls_port_refused" => plaintext_ws_refused(fx).await,
-        "control_socket_is_0600_owner_only" => control_socket_is_0600_owner_only(fx).await,
-        "mint_from_disallowed_uid_refused" => mint_from_disallowed_uid_refused(fx).await,
-        "other_user_cannot_open_control_socket" => other_user_cannot_open_control_socket(fx).await,
-        "sigterm_closes_sessions_1001_and_exits_0" => {
-            sigterm_closes_sessions_1001_and_exits_0(fx).await
-        }
-        "audit_log_has_reasons_and_no_secrets" => audit_log_has_reasons_and_no_secrets(fx).await,
-        "json_log_format_is_json_with_audit_events" => json_log_format(fx).await,
-        _ => return None,
-    })
+/// What a case needs from the machine beyond the harness itself.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Needs {
+    /// Runs anywhere the harness runs.
+    Any,
+    /// Root, to make throwaway users or act as another uid.
+    Root,
+    /// Debian's `chromium` (required under CI, skipped elsewhere).
+    Chromium,
+    /// Both.
+    ChromiumRoot,
 }
 
-const NEEDS_ROOT: &[&str] = &[
-    "launcher_refuses_a_forged_control_socket",
-    "launcher_bounds_the_control_reply",
-    "launcher_runs_as_the_display_user_with_the_sandbox_on",
-    "launcher_websockets_elsewhere_never_carry_the_token",
-    "mint_from_disallowed_uid_refused",
-    "other_user_cannot_open_control_socket",
+impl Needs {
+    fn root(self) -> bool {
+        matches!(self, Needs::Root | Needs::ChromiumRoot)
+    }
+    fn chromium(self) -> bool {
+        matches!(self, Needs::Chromium | Needs::ChromiumRoot)
+    }
+}
+
+/// How a case runs: a function of the fixture, boxed so one table holds them all.
+type Run = for<'a> fn(&'a Fx) -> std::pin::Pin<Box<dyn std::future::Future<Output = R> + 'a>>;
+
+/// One end-to-end case. The tables (`CASES` here and in each `e2e_*.rs`)
+/// are the only list of cases: `e2e`, `e2e FILTER`, `e2e --list` and the
+/// per-group summary all come from [`all_cases`].
+struct Case {
+    /// Unique; what `e2e FILTER` matches (a substring) and the report prints.
+    name: &'static str,
+    /// The module the case lives in; `e2e GROUP` runs the whole group.
+    group: &'static str,
+    /// What the machine must offer, else the case is skipped (never under CI
+    /// for chromium).
+    needs: Needs,
+    /// The case itself.
+    run: Run,
+}
+
+/// `case!(Needs "name" => async f)` for `async fn f(&Fx) -> R`,
+/// `case!(Needs "name" => f)` for `fn f(&Fx) -> R`, extra arguments after
+/// the function. The group is the calling module's `GROUP`.
+macro_rules! case {
+    ($needs:ident $name:literal => async $f:path $(, $arg:expr)*) => {
+        $crate::e2e::Case {
+            name: $name,
+            group: GROUP,
+            needs: $crate::e2e::Needs::$needs,
+            run: |fx| Box::pin($f(fx $(, $arg)*)),
+        }
+    };
+    ($needs:ident $name:literal => $f:path $(, $arg:expr)*) => {
+        $crate::e2e::Case {
+            name: $name,
+            group: GROUP,
+            needs: $crate::e2e::Needs::$needs,
+            run: |fx| Box::pin(std::future::ready($f(fx $(, $arg)*))),
+        }
+    };
+}
+pub(crate) use case;
+
+const GROUP: &str = "gateway";
+
+/// An Origin variant (`{p}` is the gateway's port) refused with 403.
+async fn origin_case(fx: &Fx, origin: Option<&str>) -> R {
+    let o = origin.map(|o| o.replace("{p}", &fx.port().to_string()));
+    origin_variant(fx, o.as_deref()).await
+}
+
+/// A Host variant (`{p}` is the gateway's port) refused with `status`.
+async fn host_case(fx: &Fx, host: Option<&str>, status: u16) -> R {
+    let h = host.map(|h| h.replace("{p}", &fx.port().to_string()));
+    host_variant(fx, h.as_deref(), status).await
+}
+
+/// The gateway's own cases: tokens, Origin, Host, headers, control socket.
+const CASES: &[Case] = &[
+    case!(Any "valid_handshake_and_echo" => async valid_handshake_and_echo),
+    case!(Any "replay_refused" => async replay_refused),
+    case!(Any "parallel_20_upgrades_one_token_exactly_one_101" => async parallel_20_upgrades_one_token),
+    case!(Any "expired_token_refused" => async expired_token_refused),
+    case!(Any "bit_flipped_tokens_refused" => async bit_flipped_tokens_refused),
+    case!(Any "truncated_token_refused" => async truncated_token_refused),
+    case!(Any "random_tokens_refused" => async random_tokens_refused),
+    case!(Any "empty_token_refused" => async empty_token_refused),
+    case!(Any "non_ascii_token_refused" => async non_ascii_token_refused),
+    case!(Any "token_from_another_device_refused" => async token_from_another_device_refused),
+    case!(Any "token_from_before_restart_refused" => async token_from_before_restart_refused),
+    case!(Any "revoked_token_refused" => async revoked_token_refused),
+    case!(Any "revoke_all_closes_sessions_and_kills_earlier_tokens" => async revoke_all_closes_sessions),
+    case!(Any "origin_null_refused" => async origin_case, Some("null")),
+    case!(Any "origin_missing_refused" => async origin_case, None),
+    case!(Any "origin_lookalike_suffix_refused" => async origin_case, Some("https://localhost:{p}.evil.example")),
+    case!(Any "origin_lookalike_host_refused" => async origin_case, Some("https://localhost.evil.example:{p}")),
+    case!(Any "origin_other_port_refused" => async origin_case, Some("https://localhost:1")),
+    case!(Any "origin_http_scheme_refused" => async origin_case, Some("http://localhost:{p}")),
+    case!(Any "origin_ip_literal_refused" => async origin_case, Some("https://127.0.0.1:{p}")),
+    case!(Any "origin_uppercase_refused" => async origin_case, Some("https://LOCALHOST:{p}")),
+    case!(Any "origin_trailing_slash_refused" => async origin_case, Some("https://localhost:{p}/")),
+    case!(Any "origin_no_port_refused" => async origin_case, Some("https://localhost")),
+    case!(Any "origin_file_refused" => async origin_case, Some("file://")),
+    case!(Any "origin_other_site_refused" => async origin_case, Some("https://evil.example")),
+    case!(Any "host_missing_400" => async host_case, None, 400),
+    case!(Any "host_rebinding_name_403" => async host_case, Some("evil.example:{p}"), 403),
+    case!(Any "host_without_port_403" => async host_case, Some("localhost"), 403),
+    case!(Any "host_other_port_403" => async host_case, Some("localhost:1"), 403),
+    case!(Any "host_lookalike_403" => async host_case, Some("localhost.evil.example:{p}"), 403),
+    case!(Any "host_duplicated_400" => async duplicated, "Host"),
+    case!(Any "origin_duplicated_400" => async duplicated, "Origin"),
+    case!(Any "token_duplicated_400" => async duplicated, "X-Screengate-Token"),
+    case!(Any "token_in_query_refused" => async token_in_query_refused),
+    case!(Any "token_in_cookie_refused" => async token_in_cookie_refused),
+    case!(Any "token_in_subprotocol_refused" => async token_in_subprotocol_refused),
+    case!(Any "plaintext_ws_against_tls_port_refused" => async plaintext_ws_refused),
+    case!(Any "control_socket_is_0600_owner_only" => async control_socket_is_0600_owner_only),
+    case!(Root "mint_from_disallowed_uid_refused" => async mint_from_disallowed_uid_refused),
+    case!(Root "other_user_cannot_open_control_socket" => async other_user_cannot_open_control_socket),
+    case!(Any "sigterm_closes_sessions_1001_and_exits_0" => async sigterm_closes_sessions_1001_and_exits_0),
+    case!(Any "json_log_format_is_json_with_audit_events" => async json_log_format),
 ];
 
-fn case_names() -> Vec<&'static str> {
-    let mut v = vec![
-        "valid_handshake_and_echo",
-        "replay_refused",
-        "parallel_20_upgrades_one_token_exactly_one_101",
-        "expired_token_refused",
-        "bit_flipped_tokens_refused",
-        "truncated_token_refused",
-        "random_tokens_refused",
-        "empty_token_refused",
-        "non_ascii_token_refused",
-        "token_from_another_device_refused",
-        "token_from_before_restart_refused",
-        "revoked_token_refused",
-        "revoke_all_closes_sessions_and_kills_earlier_tokens",
-    ];
-    v.extend(ORIGINS.iter().map(|(n, _)| *n));
-    v.extend(HOSTS.iter().map(|(n, _, _)| *n));
-    v.extend([
-        "host_duplicated_400",
-        "origin_duplicated_400",
-        "token_duplicated_400",
-        "token_in_query_refused",
-        "token_in_cookie_refused",
-        "token_in_subprotocol_refused",
-        "plaintext_ws_against_tls_port_refused",
-        "control_socket_is_0600_owner_only",
-        "mint_from_disallowed_uid_refused",
-        "other_user_cannot_open_control_socket",
-        "sigterm_closes_sessions_1001_and_exits_0",
-        "json_log_format_is_json_with_audit_events",
-    ]);
-    v.extend(launcher::CASES);
-    v.extend(privilege::CASES);
-    v.extend(native::CASES);
-    v.extend(hostile::CASES);
-    v.extend(stream::CASES);
-    v.extend(sdk::CASES);
-    v.extend(reload::CASES);
-    v.extend([
-        // last: reads the logs every case above produced
-        "audit_log_has_reasons_and_no_secrets",
-    ]);
-    v
+/// Last of all: reads the logs every case before it produced.
+const LAST: &[Case] = &[
+    case!(Any "audit_log_has_reasons_and_no_secrets" => async audit_log_has_reasons_and_no_secrets),
+];
+
+/// Every case, in run order.
+fn all_cases() -> Vec<&'static Case> {
+    [
+        CASES,
+        launcher::CASES,
+        privilege::CASES,
+        native::CASES,
+        hostile::CASES,
+        stream::CASES,
+        sdk::CASES,
+        reload::CASES,
+        LAST,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// How one case ended.
+enum Outcome {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+/// One group's counts, for the summary.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+/// Does `filter` select `case`: its group exactly, or a part of its name.
+fn selected(case: &Case, filter: Option<&str>) -> bool {
+    filter.is_none_or(|f| case.group == f || case.name.contains(f))
 }
 
 /// `xtask e2e-peer ADDR PIN`: the other end of [`Fx::peer_handshake`], run
@@ -1072,6 +1079,17 @@ pub fn run(args: &[String]) -> Result<bool> {
 /// per case and `N passed, M failed` last.
 pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
     let filter = args.first().cloned();
+    if filter.as_deref() == Some("--list") {
+        for c in all_cases() {
+            println!(
+                "{:<10} {:<13} {}",
+                c.group,
+                format!("{:?}", c.needs),
+                c.name
+            );
+        }
+        return Ok((0, 0));
+    }
     let bins = build_bins()?;
     let base = std::env::temp_dir().join(format!("screengate-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
@@ -1133,54 +1151,69 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
             svc,
         };
         let (mut passed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
-        for name in case_names() {
-            if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+        let mut groups: Vec<(&str, Tally)> = Vec::new();
+        for case in all_cases() {
+            if !selected(case, filter.as_deref()) {
                 continue;
             }
-            if launcher::CASES.contains(&name) && !launcher::chromium_present() {
+            let name = case.name;
+            let outcome = if case.needs.chromium() && !launcher::chromium_present() {
                 if std::env::var_os("CI").is_some() {
                     println!("FAIL {name}: chromium not installed (required under CI)");
-                    failed += 1;
+                    Outcome::Failed
                 } else {
                     println!(
                         "SKIP {name} (skipped: chromium not installed; apt-get install chromium)"
                     );
-                    skipped += 1;
+                    Outcome::Skipped
                 }
-                continue;
-            }
-            if (NEEDS_ROOT.contains(&name)
-                || stream::NEEDS_ROOT.contains(&name)
-                || sdk::NEEDS_ROOT.contains(&name)
-                || privilege::CASES.contains(&name)
-                || native::CASES.contains(&name))
-                && !is_root()
-            {
+            } else if case.needs.root() && !is_root() {
                 println!("SKIP {name} (skipped: needs root to create a throwaway user)");
-                skipped += 1;
-                continue;
+                Outcome::Skipped
+            } else {
+                let t0 = Instant::now();
+                let r = tokio::time::timeout(Duration::from_secs(60), (case.run)(&fx)).await;
+                let ms = t0.elapsed().as_millis();
+                match r {
+                    Ok(Ok(())) => {
+                        println!("PASS {name} ({ms} ms)");
+                        Outcome::Passed
+                    }
+                    Ok(Err(e)) => {
+                        println!("FAIL {name}: {e}");
+                        Outcome::Failed
+                    }
+                    Err(_) => {
+                        println!("FAIL {name}: timed out after 60 s");
+                        Outcome::Failed
+                    }
+                }
+            };
+            let tally = match groups.iter_mut().find(|(g, _)| *g == case.group) {
+                Some((_, t)) => t,
+                None => {
+                    groups.push((case.group, Tally::default()));
+                    match groups.last_mut() {
+                        Some((_, t)) => t,
+                        None => continue,
+                    }
+                }
+            };
+            match outcome {
+                Outcome::Passed => (passed, tally.passed) = (passed + 1, tally.passed + 1),
+                Outcome::Failed => (failed, tally.failed) = (failed + 1, tally.failed + 1),
+                Outcome::Skipped => (skipped, tally.skipped) = (skipped + 1, tally.skipped + 1),
             }
-            let t0 = Instant::now();
-            let r = tokio::time::timeout(Duration::from_secs(60), dispatch(name, &fx)).await;
-            let ms = t0.elapsed().as_millis();
-            match r {
-                Ok(Some(Ok(()))) => {
-                    println!("PASS {name} ({ms} ms)");
-                    passed += 1;
-                }
-                Ok(Some(Err(e))) => {
-                    println!("FAIL {name}: {e}");
-                    failed += 1;
-                }
-                Ok(None) => {
-                    println!("FAIL {name}: no such case");
-                    failed += 1;
-                }
-                Err(_) => {
-                    println!("FAIL {name}: timed out after 60 s");
-                    failed += 1;
-                }
-            }
+        }
+        if filter.is_some() && passed + failed + skipped == 0 {
+            println!("FAIL no case matches {filter:?} (`cargo xtask e2e --list` lists them)");
+            failed += 1;
+        }
+        for (g, t) in &groups {
+            println!(
+                "e2e group {g}: {} passed, {} failed, {} skipped",
+                t.passed, t.failed, t.skipped
+            );
         }
         if failed > 0 {
             println!("--- main server log (tail) ---");
@@ -1205,4 +1238,37 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
     });
     let _ = std::fs::remove_dir_all(&base);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_names_are_unique_and_every_group_is_named_by_its_module() {
+        let all = all_cases();
+        let mut names: Vec<&str> = all.iter().map(|c| c.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "a case name appears twice");
+        for c in &all {
+            assert!(!c.group.is_empty() && !c.name.contains(' '), "{}", c.name);
+        }
+        assert_eq!(
+            all.last().map(|c| c.name),
+            Some("audit_log_has_reasons_and_no_secrets"),
+            "the audit-log case must run last: it reads every log before it"
+        );
+    }
+
+    #[test]
+    fn a_filter_selects_a_whole_group_or_a_part_of_a_name() {
+        let all = all_cases();
+        let by = |f: &str| all.iter().filter(|c| selected(c, Some(f))).count();
+        assert_eq!(by("reload"), reload::CASES.len());
+        assert_eq!(by("no_such_case_anywhere"), 0);
+        assert_eq!(all.iter().filter(|c| selected(c, None)).count(), all.len());
+        assert_eq!(by("replay_refused"), 1);
+    }
 }

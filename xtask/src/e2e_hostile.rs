@@ -15,36 +15,23 @@ use screengate_tests::{Request, echo, handshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Fx, R};
+use super::{Case, Fx, R, case};
 
-pub const CASES: &[&str] = &[
-    "hostile_baseline",
-    "hostile_squatters_do_not_lock_out_the_display",
-    "hostile_bad_token_flood_while_the_display_connects",
-    "hostile_mint_burst_is_rate_limited_and_memory_bounded",
-    "hostile_control_garbage_flood",
-    "hostile_oversized_frame_closed_1009",
-    "hostile_invalid_utf8_closed_1007",
-    "hostile_aftermath_alive_rss_near_baseline_session_works",
-    "hostile_sigterm_with_300_idle_connections_exits_within_5s",
+const GROUP: &str = "hostile";
+
+pub(super) const CASES: &[Case] = &[
+    case!(Any "hostile_baseline" => baseline),
+    case!(Any "hostile_squatters_do_not_lock_out_the_display" => async squatters),
+    case!(Any "hostile_bad_token_flood_while_the_display_connects" => async flood),
+    case!(Any "hostile_mint_burst_is_rate_limited_and_memory_bounded" => async mint_burst),
+    case!(Any "hostile_control_garbage_flood" => async garbage),
+    case!(Any "hostile_oversized_frame_closed_1009" => async oversized),
+    case!(Any "hostile_invalid_utf8_closed_1007" => async bad_utf8),
+    case!(Any "hostile_aftermath_alive_rss_near_baseline_session_works" => async aftermath),
+    case!(Any "hostile_sigterm_with_300_idle_connections_exits_within_5s" => async sigterm_crowded),
 ];
 
 static BASELINE_RSS_KB: AtomicU64 = AtomicU64::new(0);
-
-pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
-    Some(match name {
-        "hostile_baseline" => baseline(fx),
-        "hostile_squatters_do_not_lock_out_the_display" => squatters(fx).await,
-        "hostile_bad_token_flood_while_the_display_connects" => flood(fx).await,
-        "hostile_mint_burst_is_rate_limited_and_memory_bounded" => mint_burst(fx).await,
-        "hostile_control_garbage_flood" => garbage(fx).await,
-        "hostile_oversized_frame_closed_1009" => oversized(fx).await,
-        "hostile_invalid_utf8_closed_1007" => bad_utf8(fx).await,
-        "hostile_aftermath_alive_rss_near_baseline_session_works" => aftermath(fx).await,
-        "hostile_sigterm_with_300_idle_connections_exits_within_5s" => sigterm_crowded(fx).await,
-        _ => return None,
-    })
-}
 
 fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

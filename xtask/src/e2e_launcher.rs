@@ -21,60 +21,39 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{Fx, R};
+use super::{Case, Fx, R, case};
 use crate::proc::{LauncherProc, ServerProc, descendants};
 
 /// Launcher log lines the cases wait for (stable strings in the launcher).
 const CONNECTED: &str = "display connected to the gateway";
 const FIRST_MESSAGE: &str = "display received its first message";
 
-pub const CASES: &[&str] = &[
-    "launcher_refuses_protection_undoing_args",
-    "launcher_page_connects_and_exchanges_messages",
-    "launcher_token_absent_from_proc_and_profile",
-    "launcher_opens_no_devtools_tcp_port",
-    "launcher_reconnects_with_a_fresh_token_after_the_session_closes",
-    "launcher_restarts_a_killed_browser_within_10s",
-    "launcher_tab_is_locked_to_the_gateway_origin",
-    "launcher_closes_popup_windows",
-    "launcher_sigterm_closes_browser_and_removes_profile",
-    "launcher_profile_is_0700_and_private_while_running",
-    "launcher_sslkeylogfile_in_env_writes_no_key_log",
-    "launcher_refuses_a_forged_control_socket",
-    "launcher_revokes_the_token_it_supersedes",
-    "launcher_websockets_elsewhere_never_carry_the_token",
-    "launcher_service_worker_cannot_serve_an_unlocked_document",
-    "launcher_runs_as_the_display_user_with_the_sandbox_on",
-    "launcher_bounds_the_control_reply",
+const GROUP: &str = "launcher";
+
+pub(super) const CASES: &[Case] = &[
+    case!(Chromium "launcher_refuses_protection_undoing_args" => async refuses_args),
+    case!(Chromium "launcher_page_connects_and_exchanges_messages" => async connects),
+    case!(Chromium "launcher_token_absent_from_proc_and_profile" => async token_absent),
+    case!(Chromium "launcher_opens_no_devtools_tcp_port" => async no_tcp_port),
+    case!(Chromium "launcher_reconnects_with_a_fresh_token_after_the_session_closes" => async reconnects),
+    case!(Chromium "launcher_restarts_a_killed_browser_within_10s" => async restarts),
+    case!(Chromium "launcher_tab_is_locked_to_the_gateway_origin" => async locked),
+    case!(Chromium "launcher_closes_popup_windows" => async popups),
+    case!(Chromium "launcher_sigterm_closes_browser_and_removes_profile" => async sigterm),
+    case!(Chromium "launcher_profile_is_0700_and_private_while_running" => async profile_private),
+    case!(Chromium "launcher_sslkeylogfile_in_env_writes_no_key_log" => async no_key_log),
+    case!(ChromiumRoot "launcher_refuses_a_forged_control_socket" => async forged_control),
+    case!(Chromium "launcher_revokes_the_token_it_supersedes" => async revokes_superseded),
+    case!(ChromiumRoot "launcher_websockets_elsewhere_never_carry_the_token" => async websockets_elsewhere),
+    case!(Chromium "launcher_service_worker_cannot_serve_an_unlocked_document" => async service_worker),
+    case!(ChromiumRoot "launcher_runs_as_the_display_user_with_the_sandbox_on" => async sandboxed),
+    case!(ChromiumRoot "launcher_bounds_the_control_reply" => async bounded_reply),
 ];
 
 pub fn chromium_present() -> bool {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
         .any(|p| Path::new(p).is_file())
-}
-
-pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
-    Some(match name {
-        "launcher_refuses_protection_undoing_args" => refuses_args(fx).await,
-        "launcher_page_connects_and_exchanges_messages" => connects(fx).await,
-        "launcher_token_absent_from_proc_and_profile" => token_absent(fx).await,
-        "launcher_opens_no_devtools_tcp_port" => no_tcp_port(fx).await,
-        "launcher_reconnects_with_a_fresh_token_after_the_session_closes" => reconnects(fx).await,
-        "launcher_restarts_a_killed_browser_within_10s" => restarts(fx).await,
-        "launcher_tab_is_locked_to_the_gateway_origin" => locked(fx).await,
-        "launcher_closes_popup_windows" => popups(fx).await,
-        "launcher_sigterm_closes_browser_and_removes_profile" => sigterm(fx).await,
-        "launcher_profile_is_0700_and_private_while_running" => profile_private(fx).await,
-        "launcher_sslkeylogfile_in_env_writes_no_key_log" => no_key_log(fx).await,
-        "launcher_refuses_a_forged_control_socket" => forged_control(fx).await,
-        "launcher_revokes_the_token_it_supersedes" => revokes_superseded(fx).await,
-        "launcher_websockets_elsewhere_never_carry_the_token" => websockets_elsewhere(fx).await,
-        "launcher_service_worker_cannot_serve_an_unlocked_document" => service_worker(fx).await,
-        "launcher_runs_as_the_display_user_with_the_sandbox_on" => sandboxed(fx).await,
-        "launcher_bounds_the_control_reply" => bounded_reply(fx).await,
-        _ => return None,
-    })
 }
 
 /// A server the display user's launcher can reach: as root, its control

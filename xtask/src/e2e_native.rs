@@ -8,37 +8,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use super::{Fx, R, TempUser, run_cmd as run, text};
+use super::{Case, Fx, R, TempUser, case, run_cmd as run, text};
 use crate::proc::ServerProc;
 
-pub const CASES: &[&str] = &[
-    "native_socket_modes_and_owner",
-    "native_disallowed_uid_refused",
-    "native_tls_off_requires_a_native_token",
-    "native_tls_server_pinned_and_plaintext_client_refused",
-    "native_mutual_tls_right_cert_without_token",
-    "native_mutual_tls_no_cert_refused",
-    "native_mutual_tls_other_device_cert_refused",
-    "native_mutual_tls_ca_signed_cert_refused",
-    "native_mutual_tls_expired_copy_of_the_right_key_accepted",
-    "native_tls_server_traffic_has_no_plaintext",
-];
+const GROUP: &str = "native";
 
-pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
-    Some(match name {
-        "native_socket_modes_and_owner" => modes(fx),
-        "native_disallowed_uid_refused" => disallowed(fx),
-        "native_tls_off_requires_a_native_token" => tls_off(fx),
-        "native_tls_server_pinned_and_plaintext_client_refused" => tls_server(fx),
-        "native_mutual_tls_right_cert_without_token" => mutual_ok(fx),
-        "native_mutual_tls_no_cert_refused" => mutual_no_cert(fx),
-        "native_mutual_tls_other_device_cert_refused" => mutual_other_device(fx),
-        "native_mutual_tls_ca_signed_cert_refused" => mutual_ca(fx),
-        "native_mutual_tls_expired_copy_of_the_right_key_accepted" => mutual_expired(fx),
-        "native_tls_server_traffic_has_no_plaintext" => ciphertext(fx).await,
-        _ => return None,
-    })
-}
+pub(super) const CASES: &[Case] = &[
+    case!(Root "native_socket_modes_and_owner" => modes),
+    case!(Root "native_disallowed_uid_refused" => disallowed),
+    case!(Root "native_tls_off_requires_a_native_token" => tls_off),
+    case!(Root "native_tls_server_pinned_and_plaintext_client_refused" => tls_server),
+    case!(Root "native_mutual_tls_right_cert_without_token" => mutual_ok),
+    case!(Root "native_mutual_tls_no_cert_refused" => mutual_no_cert),
+    case!(Root "native_mutual_tls_other_device_cert_refused" => mutual_other_device),
+    case!(Root "native_mutual_tls_ca_signed_cert_refused" => mutual_ca),
+    case!(Root "native_mutual_tls_expired_copy_of_the_right_key_accepted" => mutual_expired),
+    case!(Root "native_tls_server_traffic_has_no_plaintext" => async ciphertext),
+];
 
 struct Native {
     server: ServerProc,

@@ -11,53 +11,31 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Fx, R, TempUser, run_cmd as run, text};
+use super::{Case, Fx, R, TempUser, case, run_cmd as run, text};
 use crate::proc::ServerProc;
 
-pub const CASES: &[&str] = &[
-    "root_execution_refused",
-    "privilege_dropped_for_good",
-    "server_not_dumpable_to_its_own_uid",
-    "launcher_not_dumpable",
-    "writable_executable_refused",
-    "loose_permissions_refused_naming_the_fix",
-    "foreign_socket_path_refused",
-    "corrupt_key_refused_and_kept",
-    "sigkill_during_init_never_leaves_partial_files",
-    "device_key_from_systemd_credential",
-    "config_owned_by_service_user_refused_as_root",
-    "socket_group_the_user_is_not_in_refused",
-    "untrusted_config_creates_nothing",
-    "dirs_created_only_under_safe_parents",
-    "no_new_privs_and_empty_bounding_set",
-    "demo_backend_refuses_root",
-    "default_state_dir_is_the_service_users",
-    "token_used_from_another_uid_refused_then_right_uid_succeeds",
-];
+const GROUP: &str = "privilege";
 
-pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
-    Some(match name {
-        "root_execution_refused" => root_refused(fx),
-        "privilege_dropped_for_good" => dropped(fx),
-        "server_not_dumpable_to_its_own_uid" => not_dumpable(fx),
-        "launcher_not_dumpable" => launcher_not_dumpable(fx),
-        "writable_executable_refused" => writable_exe(fx),
-        "loose_permissions_refused_naming_the_fix" => loose(fx),
-        "foreign_socket_path_refused" => foreign_socket(fx),
-        "corrupt_key_refused_and_kept" => corrupt_key(fx),
-        "sigkill_during_init_never_leaves_partial_files" => sigkill_loop(fx).await,
-        "device_key_from_systemd_credential" => credential(fx).await,
-        "config_owned_by_service_user_refused_as_root" => config_owned_by_svc(fx),
-        "socket_group_the_user_is_not_in_refused" => foreign_group(fx),
-        "untrusted_config_creates_nothing" => untrusted_config(fx),
-        "dirs_created_only_under_safe_parents" => safe_parents(fx),
-        "no_new_privs_and_empty_bounding_set" => no_new_privs(fx),
-        "demo_backend_refuses_root" => demo_backend_root(fx),
-        "default_state_dir_is_the_service_users" => default_state_dir(fx),
-        "token_used_from_another_uid_refused_then_right_uid_succeeds" => peer_uid_bound(fx).await,
-        _ => return None,
-    })
-}
+pub(super) const CASES: &[Case] = &[
+    case!(Root "root_execution_refused" => root_refused),
+    case!(Root "privilege_dropped_for_good" => dropped),
+    case!(Root "server_not_dumpable_to_its_own_uid" => not_dumpable),
+    case!(Root "launcher_not_dumpable" => launcher_not_dumpable),
+    case!(Root "writable_executable_refused" => writable_exe),
+    case!(Root "loose_permissions_refused_naming_the_fix" => loose),
+    case!(Root "foreign_socket_path_refused" => foreign_socket),
+    case!(Root "corrupt_key_refused_and_kept" => corrupt_key),
+    case!(Root "sigkill_during_init_never_leaves_partial_files" => async sigkill_loop),
+    case!(Root "device_key_from_systemd_credential" => async credential),
+    case!(Root "config_owned_by_service_user_refused_as_root" => config_owned_by_svc),
+    case!(Root "socket_group_the_user_is_not_in_refused" => foreign_group),
+    case!(Root "untrusted_config_creates_nothing" => untrusted_config),
+    case!(Root "dirs_created_only_under_safe_parents" => safe_parents),
+    case!(Root "no_new_privs_and_empty_bounding_set" => no_new_privs),
+    case!(Root "demo_backend_refuses_root" => demo_backend_root),
+    case!(Root "default_state_dir_is_the_service_users" => default_state_dir),
+    case!(Root "token_used_from_another_uid_refused_then_right_uid_succeeds" => async peer_uid_bound),
+];
 
 fn svc(fx: &Fx) -> Result<&TempUser, String> {
     fx.svc

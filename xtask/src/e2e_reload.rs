@@ -12,23 +12,16 @@ use std::time::{Duration, Instant};
 
 use screengate_tests::{Request, echo, handshake};
 
-use super::{Fx, R, port_and_pin};
+use super::{Case, Fx, R, case, port_and_pin};
 use crate::proc::ServerProc;
 
-pub const CASES: &[&str] = &[
-    "reload_with_a_bad_file_keeps_the_old_config_in_force",
-    "reload_removing_an_origin_refuses_it_live_session_untouched",
-    "reload_after_a_new_identity_kills_earlier_tokens_and_sessions",
-];
+const GROUP: &str = "reload";
 
-pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
-    Some(match name {
-        "reload_with_a_bad_file_keeps_the_old_config_in_force" => bad_file(fx).await,
-        "reload_removing_an_origin_refuses_it_live_session_untouched" => origin_removed(fx).await,
-        "reload_after_a_new_identity_kills_earlier_tokens_and_sessions" => new_identity(fx).await,
-        _ => return None,
-    })
-}
+pub(super) const CASES: &[Case] = &[
+    case!(Any "reload_with_a_bad_file_keeps_the_old_config_in_force" => async bad_file),
+    case!(Any "reload_removing_an_origin_refuses_it_live_session_untouched" => async origin_removed),
+    case!(Any "reload_after_a_new_identity_kills_earlier_tokens_and_sessions" => async new_identity),
+];
 
 /// Two origins a display could be served from; neither is the default.
 const A: &str = "https://display-a.test:8443";

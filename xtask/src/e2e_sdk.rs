@@ -25,58 +25,33 @@ use screengate_tests::{Request, Ws, echo, handshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Fx, R, TempUser, is_root, port_and_pin, text};
+use super::{Case, Fx, R, TempUser, case, is_root, port_and_pin, text};
 use crate::proc::ServerProc;
 
-pub const CASES: &[&str] = &[
-    "sdk_echo_over_wss_with_client_cert",
-    "sdk_echo_with_pkcs1_and_sec1_client_keys",
-    "sdk_no_client_cert_503_client_cert_refused_token_kept",
-    "sdk_impostor_from_another_ca_503_untrusted_then_same_token_works",
-    "sdk_wrong_spki_pin_503_untrusted",
-    "sdk_wrong_server_name_503_untrusted",
-    "sdk_expired_cert_with_ca_503_expired",
-    "sdk_expired_cert_with_spki_pin_echoes",
-    "sdk_busy_refuse_503_backend_busy_token_kept",
-    "sdk_busy_replace_oldest_first_gets_1000_second_echoes",
-    "sdk_one_token_raced_replaces_at_most_one_session",
-    "sdk_a_token_that_replaced_is_spent_even_if_its_client_hangs_up",
-    "sdk_backend_of_another_uid_503_uid_mismatch",
-    "sdk_client_key_0644_refused_by_check_and_serve",
-    "sdk_client_key_symlink_refused_by_check_and_serve",
-    "sdk_relay_capture_has_no_plaintext",
-    "sdk_ws_with_backend_tls_refused_at_config",
+const GROUP: &str = "sdk";
+
+pub(super) const CASES: &[Case] = &[
+    case!(Any "sdk_echo_over_wss_with_client_cert" => async echo_over_wss),
+    case!(Any "sdk_echo_with_pkcs1_and_sec1_client_keys" => async other_key_formats),
+    case!(Any "sdk_no_client_cert_503_client_cert_refused_token_kept" => async no_client_cert),
+    case!(Any "sdk_impostor_from_another_ca_503_untrusted_then_same_token_works" => async impostor),
+    case!(Any "sdk_wrong_spki_pin_503_untrusted" => async wrong_pin),
+    case!(Any "sdk_wrong_server_name_503_untrusted" => async wrong_name),
+    case!(Any "sdk_expired_cert_with_ca_503_expired" => async expired_ca),
+    case!(Any "sdk_expired_cert_with_spki_pin_echoes" => async expired_pin),
+    case!(Any "sdk_busy_refuse_503_backend_busy_token_kept" => async busy_refuse),
+    case!(Any "sdk_busy_replace_oldest_first_gets_1000_second_echoes" => async busy_replace),
+    case!(Any "sdk_one_token_raced_replaces_at_most_one_session" => async raced_replace),
+    case!(Any "sdk_a_token_that_replaced_is_spent_even_if_its_client_hangs_up" => async hangup_replace),
+    case!(Root "sdk_backend_of_another_uid_503_uid_mismatch" => async other_uid),
+    case!(Any "sdk_client_key_0644_refused_by_check_and_serve" => async loose_key),
+    case!(Any "sdk_client_key_symlink_refused_by_check_and_serve" => async linked_key),
+    case!(Any "sdk_relay_capture_has_no_plaintext" => async relay_capture),
+    case!(Any "sdk_ws_with_backend_tls_refused_at_config" => async ws_with_tls),
 ];
 
 /// Cases that need root (a throwaway user runs the SDK).
-pub const NEEDS_ROOT: &[&str] = &["sdk_backend_of_another_uid_503_uid_mismatch"];
-
 const SOURCE: &str = include_str!("../assets/sdk_ipc_server.cpp");
-
-pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
-    Some(match name {
-        "sdk_echo_over_wss_with_client_cert" => echo_over_wss(fx).await,
-        "sdk_echo_with_pkcs1_and_sec1_client_keys" => other_key_formats(fx).await,
-        "sdk_no_client_cert_503_client_cert_refused_token_kept" => no_client_cert(fx).await,
-        "sdk_impostor_from_another_ca_503_untrusted_then_same_token_works" => impostor(fx).await,
-        "sdk_wrong_spki_pin_503_untrusted" => wrong_pin(fx).await,
-        "sdk_wrong_server_name_503_untrusted" => wrong_name(fx).await,
-        "sdk_expired_cert_with_ca_503_expired" => expired_ca(fx).await,
-        "sdk_expired_cert_with_spki_pin_echoes" => expired_pin(fx).await,
-        "sdk_busy_refuse_503_backend_busy_token_kept" => busy_refuse(fx).await,
-        "sdk_busy_replace_oldest_first_gets_1000_second_echoes" => busy_replace(fx).await,
-        "sdk_one_token_raced_replaces_at_most_one_session" => raced_replace(fx).await,
-        "sdk_a_token_that_replaced_is_spent_even_if_its_client_hangs_up" => {
-            hangup_replace(fx).await
-        }
-        "sdk_backend_of_another_uid_503_uid_mismatch" => other_uid(fx).await,
-        "sdk_client_key_0644_refused_by_check_and_serve" => loose_key(fx).await,
-        "sdk_client_key_symlink_refused_by_check_and_serve" => linked_key(fx).await,
-        "sdk_relay_capture_has_no_plaintext" => relay_capture(fx).await,
-        "sdk_ws_with_backend_tls_refused_at_config" => ws_with_tls(fx).await,
-        _ => return None,
-    })
-}
 
 // ---- the stand-in and its certificates --------------------------------------
 

@@ -14,54 +14,29 @@ use futures_util::{SinkExt, StreamExt};
 use screengate_tests::{Request, Ws, echo, handshake};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Fx, R, port_and_pin};
+use super::{Case, Fx, R, case, port_and_pin};
 use crate::proc::ServerProc;
 
-pub const CASES: &[&str] = &[
-    "stream_96x16k_pipelined_through_demo_backend",
-    "stream_96x16k_pipelined_through_unix_backend",
-    "stream_8_sessions_open_and_echo_after_the_streams",
-    "stream_client_stops_reading_closed_slot_freed",
-    "stream_backend_stops_reading_client_gets_1011_slot_freed",
-    "stream_sigterm_while_a_session_is_stalled_exits_0_within_5s",
-    "stream_connect_churn_from_another_uid_display_connects_20_of_20",
-    "stream_control_client_that_never_reads_is_closed",
-    "stream_ping_flood_from_a_client_that_never_reads_is_bounded",
-    "systemd_ready_after_the_sockets_watchdog_at_half_the_interval_none_while_stopped_sighup_survived",
+const GROUP: &str = "stream";
+
+pub(super) const CASES: &[Case] = &[
+    case!(Any "stream_96x16k_pipelined_through_demo_backend" => async pipelined_on_main),
+    case!(Any "stream_96x16k_pipelined_through_unix_backend" => async through_unix),
+    case!(Any "stream_8_sessions_open_and_echo_after_the_streams" => async eight_sessions_on_main),
+    case!(Any "stream_client_stops_reading_closed_slot_freed" => async client_stops_reading),
+    case!(Any "stream_backend_stops_reading_client_gets_1011_slot_freed" => async backend_stops_reading),
+    case!(Any "stream_sigterm_while_a_session_is_stalled_exits_0_within_5s" => async sigterm_stalled),
+    case!(Root "stream_connect_churn_from_another_uid_display_connects_20_of_20" => async churn),
+    case!(Any "stream_control_client_that_never_reads_is_closed" => async control_never_reads),
+    case!(Any "stream_ping_flood_from_a_client_that_never_reads_is_bounded" => async ping_flood),
+    case!(Any "systemd_ready_after_the_sockets_watchdog_at_half_the_interval_none_while_stopped_sighup_survived" => async notify),
 ];
 
 /// Cases that need root (a throwaway user).
-pub const NEEDS_ROOT: &[&str] =
-    &["stream_connect_churn_from_another_uid_display_connects_20_of_20"];
-
 /// What the server promises: a peer taking no bytes this long is closed.
 const WRITE_STALL: Duration = Duration::from_secs(10);
 const MESSAGES: usize = 96;
 const MESSAGE: usize = 16 * 1024;
-
-pub async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
-    Some(match name {
-        "stream_96x16k_pipelined_through_demo_backend" => {
-            pipelined_on(fx.addr, fx.pin, &fx.main.control, fx).await
-        }
-        "stream_96x16k_pipelined_through_unix_backend" => through_unix(fx).await,
-        "stream_8_sessions_open_and_echo_after_the_streams" => {
-            eight_sessions(fx, fx.addr, fx.pin, &fx.main.control).await
-        }
-        "stream_client_stops_reading_closed_slot_freed" => client_stops_reading(fx).await,
-        "stream_backend_stops_reading_client_gets_1011_slot_freed" => {
-            backend_stops_reading(fx).await
-        }
-        "stream_sigterm_while_a_session_is_stalled_exits_0_within_5s" => sigterm_stalled(fx).await,
-        "stream_connect_churn_from_another_uid_display_connects_20_of_20" => churn(fx).await,
-        "stream_control_client_that_never_reads_is_closed" => control_never_reads(fx).await,
-        "stream_ping_flood_from_a_client_that_never_reads_is_bounded" => ping_flood(fx).await,
-        "systemd_ready_after_the_sockets_watchdog_at_half_the_interval_none_while_stopped_sighup_survived" => {
-            notify(fx).await
-        }
-        _ => return None,
-    })
-}
 
 fn payload(i: usize) -> Vec<u8> {
     let mut v = vec![0u8; MESSAGE];
@@ -753,4 +728,14 @@ async fn notify(fx: &Fx) -> R {
         "      (READY with {addr} accepting; {pings} pings in 2.2 s; none while stopped; SIGHUP survived; STOPPING on SIGTERM)"
     );
     Ok(())
+}
+
+/// `stream_96x16k_pipelined_through_demo_backend`: the pipelined stream on the main server.
+async fn pipelined_on_main(fx: &Fx) -> R {
+    pipelined_on(fx.addr, fx.pin, &fx.main.control, fx).await
+}
+
+/// `stream_8_sessions_open_and_echo_after_the_streams`, on the main server.
+async fn eight_sessions_on_main(fx: &Fx) -> R {
+    eight_sessions(fx, fx.addr, fx.pin, &fx.main.control).await
 }
