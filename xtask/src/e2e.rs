@@ -30,6 +30,8 @@ mod native;
 mod privilege;
 #[path = "e2e_reload.rs"]
 mod reload;
+#[path = "e2e_rotate.rs"]
+mod rotate;
 #[path = "e2e_sdk.rs"]
 mod sdk;
 #[path = "e2e_stream.rs"]
@@ -831,7 +833,7 @@ async fn audit_log_has_reasons_and_no_secrets(fx: &Fx) -> R {
         .map_err(|e| e.to_string())?
         .flatten()
     {
-        let key = entry.path().join("device.key");
+        let key = privilege::in_force(&entry.path()).join("device.key");
         if let Ok(k) = std::fs::read(&key) {
             let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
             let b64 = base64::engine::general_purpose::STANDARD.encode(&k);
@@ -902,6 +904,9 @@ async fn dispatch(name: &str, fx: &Fx) -> Option<R> {
     }
     if reload::CASES.contains(&name) {
         return reload::dispatch(name, fx).await;
+    }
+    if rotate::CASES.contains(&name) {
+        return rotate::dispatch(name, fx).await;
     }
     if sdk::CASES.contains(&name) {
         return sdk::dispatch(name, fx).await;
@@ -1000,6 +1005,7 @@ fn case_names() -> Vec<&'static str> {
     v.extend(stream::CASES);
     v.extend(sdk::CASES);
     v.extend(reload::CASES);
+    v.extend(rotate::CASES);
     v.extend([
         // last: reads the logs every case above produced
         "audit_log_has_reasons_and_no_secrets",
@@ -1153,6 +1159,7 @@ pub fn run_counted(args: &[String]) -> Result<(u64, u64)> {
                 || stream::NEEDS_ROOT.contains(&name)
                 || sdk::NEEDS_ROOT.contains(&name)
                 || privilege::CASES.contains(&name)
+                || rotate::CASES.contains(&name)
                 || native::CASES.contains(&name))
                 && !is_root()
             {
