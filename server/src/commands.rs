@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use screengate_identity::fsutil::{self, Kind};
-use screengate_identity::{IdentityError, InitOutcome, Pin, StateDir};
+use screengate_identity::{IdentityError, InitOutcome, Pin, Removal, StateDir};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::{self, Config, ConfigError, FileConfig, Overrides};
@@ -53,6 +53,40 @@ pub fn init(state_dir: &Path, force: bool) -> Result<InitReport, IdentityError> 
         server_pin: id.server_pin,
         client_pin: id.client_pin,
     })
+}
+
+/// What `rotate` did: the new pins, and what of the old identity went.
+#[derive(Debug)]
+pub struct RotateReport {
+    /// The old identity's files and directory, removed (keys overwritten).
+    pub removed: Removal,
+    /// The new server certificate pin.
+    pub server_pin: Pin,
+    /// The new client certificate pin.
+    pub client_pin: Pin,
+    /// The device key is the systemd credential's, which `rotate` keeps.
+    pub device_key_from_credential: bool,
+}
+
+/// `screengate rotate`: a new identity in force as one step
+/// ([`StateDir::rotate`]).
+pub fn rotate(state_dir: &Path) -> Result<RotateReport, IdentityError> {
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let state = StateDir::new(state_dir, creds);
+    let removed = state.rotate()?;
+    let id = state.load()?;
+    Ok(RotateReport {
+        removed,
+        server_pin: id.server_pin,
+        client_pin: id.client_pin,
+        device_key_from_credential: state.device_key_from_credential(),
+    })
+}
+
+/// `screengate reset`: the factory reset ([`StateDir::reset`]), as the
+/// user this process runs as.
+pub fn reset(state_dir: &Path) -> Result<Removal, Vec<IdentityError>> {
+    StateDir::new(state_dir, None).reset(fsutil::euid())
 }
 
 /// `screengate pin`.

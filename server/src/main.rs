@@ -50,6 +50,25 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Replace the device identity (device key, server and client keys and
+    /// certificates) as one step; prints the new pins. `systemctl reload`
+    /// then puts it in force.
+    Rotate {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Started as root: drop to this user (the state dir's owner) first.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Factory reset: remove the identity and every file screengate made in
+    /// the state dir (keys overwritten first). Refused while a server runs on it.
+    Reset {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Started as root: drop to this user (the state dir's owner) first.
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Print the SPKI pin of the server (or client) certificate.
     Pin {
         #[arg(long)]
@@ -303,7 +322,82 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         }
+        Cmd::Rotate { state_dir, user } => {
+            if let Err(c) = secure_start(user.as_deref(), &[], &[]) {
+                return c;
+            }
+            reprovision::rotate(&state_dir)
+        }
+        Cmd::Reset { state_dir, user } => {
+            if let Err(c) = secure_start(user.as_deref(), &[], &[]) {
+                return c;
+            }
+            reprovision::reset(&state_dir)
+        }
         other => run_other(other),
+    }
+}
+
+/// What `rotate` and `reset` print.
+mod reprovision {
+    use std::path::Path;
+    use std::process::ExitCode;
+
+    use screengate_server::commands;
+
+    pub(super) fn rotate(state_dir: &Path) -> ExitCode {
+        match commands::rotate(state_dir) {
+            Ok(r) => {
+                for p in &r.removed.removed {
+                    eprintln!("screengate: removed {}", p.display());
+                }
+                for (p, why) in &r.removed.left {
+                    eprintln!("screengate: left {}: {why}", p.display());
+                }
+                if r.device_key_from_credential {
+                    eprintln!(
+                        "screengate: the device key is the systemd credential's and was kept; replace the credential to change it"
+                    );
+                }
+                eprintln!(
+                    "screengate: new identity in force in {}; `systemctl reload screengate` (or SIGHUP) makes a running server use it",
+                    state_dir.display()
+                );
+                println!("server spki pin: {}", r.server_pin);
+                println!("client spki pin: {}", r.client_pin);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("screengate: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    pub(super) fn reset(state_dir: &Path) -> ExitCode {
+        match commands::reset(state_dir) {
+            Ok(r) => {
+                for p in &r.removed {
+                    println!("removed {}", p.display());
+                }
+                for (p, why) in &r.left {
+                    println!("left {}: {why}", p.display());
+                }
+                println!(
+                    "reset {}: {} removed, {} left; `screengate init` makes a new identity",
+                    state_dir.display(),
+                    r.removed.len(),
+                    r.left.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("screengate: reset refused: {p}");
+                }
+                ExitCode::from(super::EXIT_CONFIG)
+            }
+        }
     }
 }
 
@@ -352,7 +446,11 @@ fn run_other(cmd: Cmd) -> ExitCode {
                 }
             }
         }
-        Cmd::Init { .. } | Cmd::Pin { .. } | Cmd::Check { .. } => ExitCode::FAILURE,
+        Cmd::Init { .. }
+        | Cmd::Pin { .. }
+        | Cmd::Check { .. }
+        | Cmd::Rotate { .. }
+        | Cmd::Reset { .. } => ExitCode::FAILURE,
         Cmd::DemoBackend { unix } => {
             // It binds a socket: never as root, like every such command.
             if let Err(c) = secure_start(None, &[], &[]) {

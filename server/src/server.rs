@@ -93,6 +93,9 @@ pub(crate) struct Shared {
     pub roster: Arc<crate::roster::Roster>,
     /// Tokens between verify and consume (one handshake per token).
     pub claims: Arc<crate::roster::Claims>,
+    /// The state dir's serving lock, held while the server lives
+    /// (`screengate reset` refuses meanwhile).
+    pub _serving: screengate_identity::ServingLock,
 }
 
 impl Shared {
@@ -153,6 +156,8 @@ impl Server {
         if !problems.is_empty() {
             return Err(ServerError::Permissions(problems));
         }
+        // Held for the server's life: `screengate reset` refuses meanwhile.
+        let serving = state.hold_serving()?;
         let identity = state.load()?;
         let source = if state.device_key_from_credential() {
             "systemd credential"
@@ -223,6 +228,7 @@ impl Server {
             backend,
             roster: Arc::new(crate::roster::Roster::default()),
             claims: Arc::new(crate::roster::Claims::default()),
+            _serving: serving,
             cfg,
         });
         Ok(Server {

@@ -174,8 +174,10 @@ fn client_cfg(s: &crate::harness::Running, with_cert: bool) -> rustls::ClientCon
         return screengate_identity::verify::pinned_client_config(s.pin).unwrap();
     }
     let state = s.dir.path().join("state");
-    let cert = rustls::pki_types::CertificateDer::from_pem_file(state.join("client.crt")).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(state.join("client.key")).unwrap();
+    let cert =
+        rustls::pki_types::CertificateDer::from_pem_file(state.join("current/client.crt")).unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_file(state.join("current/client.key")).unwrap();
     screengate_identity::verify::pinned_client_config_with_cert(s.pin, cert, key).unwrap()
 }
 

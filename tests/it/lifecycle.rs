@@ -57,7 +57,7 @@ async fn refuses_loose_key_file() {
     let state = dir.path().join("state");
     screengate_server::commands::init(&state, false).unwrap();
     std::fs::set_permissions(
-        state.join("server.key"),
+        state.join("current/server.key"),
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
@@ -73,13 +73,16 @@ async fn refuses_corrupt_device_key_instead_of_regenerating() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     screengate_server::commands::init(&state, false).unwrap();
-    std::fs::write(state.join("device.key"), b"short").unwrap();
+    std::fs::write(state.join("current/device.key"), b"short").unwrap();
     let e = Server::bind(config(dir.path(), |_, _| {}))
         .await
         .unwrap_err()
         .to_string();
     assert!(e.contains("device.key"), "{e}");
-    assert_eq!(std::fs::read(state.join("device.key")).unwrap(), b"short");
+    assert_eq!(
+        std::fs::read(state.join("current/device.key")).unwrap(),
+        b"short"
+    );
 }
 
 #[tokio::test]

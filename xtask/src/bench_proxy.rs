@@ -237,7 +237,7 @@ fn nginx_conf(dir: &Path, port: u16, state: &Path, backend: &Path) -> String {
            fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
            upstream backend {{ server unix:{b}; }}\n\
            server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.3;\n\
-             ssl_certificate {s}/server.crt;\n    ssl_certificate_key {s}/server.key;\n\
+             ssl_certificate {s}/current/server.crt;\n    ssl_certificate_key {s}/current/server.key;\n\
              location /ws {{\n      proxy_pass http://backend/;\n      proxy_http_version 1.1;\n\
                proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection \"upgrade\";\n\
                proxy_read_timeout 300s;\n      proxy_buffering off;\n    }}\n  }}\n}}\n",

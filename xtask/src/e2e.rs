@@ -30,6 +30,8 @@ mod native;
 mod privilege;
 #[path = "e2e_reload.rs"]
 mod reload;
+#[path = "e2e_rotate.rs"]
+mod rotate;
 #[path = "e2e_sdk.rs"]
 mod sdk;
 #[path = "e2e_stream.rs"]
@@ -831,7 +833,7 @@ async fn audit_log_has_reasons_and_no_secrets(fx: &Fx) -> R {
         .map_err(|e| e.to_string())?
         .flatten()
     {
-        let key = entry.path().join("device.key");
+        let key = privilege::in_force(&entry.path()).join("device.key");
         if let Ok(k) = std::fs::read(&key) {
             let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
             let b64 = base64::engine::general_purpose::STANDARD.encode(&k);
@@ -987,6 +989,7 @@ fn all_cases() -> Vec<&'static Case> {
         stream::CASES,
         sdk::CASES,
         reload::CASES,
+        rotate::CASES,
         LAST,
     ]
     .into_iter()

@@ -242,8 +242,8 @@ fn mutual_args<'a>(n: &'a Native, cert: &'a str, key: &'a str) -> Vec<&'a str> {
 fn mutual_ok(fx: &Fx) -> R {
     let n = native_server(fx, "n-mtls", "mutual", None)?;
     let (c, k) = (
-        n.state.join("client.crt").display().to_string(),
-        n.state.join("client.key").display().to_string(),
+        n.state.join("current/client.crt").display().to_string(),
+        n.state.join("current/client.key").display().to_string(),
     );
     client(fx, &n.socket, &mutual_args(&n, &c, &k), "mutual hello").map(|_| ())?;
     if !n.server.log_text().contains("client-cert") {
@@ -283,8 +283,8 @@ fn mutual_other_device(fx: &Fx) -> R {
         return Err(text(&o));
     }
     let (c, k) = (
-        other.join("client.crt").display().to_string(),
-        other.join("client.key").display().to_string(),
+        other.join("current/client.crt").display().to_string(),
+        other.join("current/client.key").display().to_string(),
     );
     expect_refused(
         client(fx, &n.socket, &mutual_args(&n, &c, &k), "x"),
@@ -293,8 +293,8 @@ fn mutual_other_device(fx: &Fx) -> R {
     )?;
     // the server's own certificate (right device, wrong key) is refused too
     let (c, k) = (
-        n.state.join("server.crt").display().to_string(),
-        n.state.join("server.key").display().to_string(),
+        n.state.join("current/server.crt").display().to_string(),
+        n.state.join("current/server.key").display().to_string(),
     );
     expect_refused(
         client(fx, &n.socket, &mutual_args(&n, &c, &k), "x"),
@@ -354,7 +354,8 @@ fn mutual_expired(fx: &Fx) -> R {
     // device with no clock must be able to connect. Whoever can make such a
     // certificate holds the key already.
     let n = native_server(fx, "n-mtls-exp", "mutual", None)?;
-    let key_pem = std::fs::read_to_string(n.state.join("client.key")).map_err(|e| e.to_string())?;
+    let key_pem =
+        std::fs::read_to_string(n.state.join("current/client.key")).map_err(|e| e.to_string())?;
     let key = KeyPair::from_pem(&key_pem).map_err(|e| e.to_string())?;
     let mut p = CertificateParams::new(vec!["localhost".to_owned()]).map_err(|e| e.to_string())?;
     p.not_before = rcgen::date_time_ymd(2000, 1, 1);

@@ -37,13 +37,13 @@ pub(super) const CASES: &[Case] = &[
     case!(Root "token_used_from_another_uid_refused_then_right_uid_succeeds" => async peer_uid_bound),
 ];
 
-fn svc(fx: &Fx) -> Result<&TempUser, String> {
+pub(crate) fn svc(fx: &Fx) -> Result<&TempUser, String> {
     fx.svc
         .as_ref()
         .ok_or_else(|| "needs the root-only service user".to_owned())
 }
 
-fn screengate(fx: &Fx) -> Command {
+pub(crate) fn screengate(fx: &Fx) -> Command {
     Command::new(&fx.bin)
 }
 
@@ -53,6 +53,8 @@ fn root_refused(fx: &Fx) -> R {
         vec!["serve", "--listen", "127.0.0.1:0"],
         vec!["init"],
         vec!["check"],
+        vec!["rotate"],
+        vec!["reset"],
     ] {
         let o = run(screengate(fx).args(&args).arg("--state-dir").arg(&d))?;
         if o.status.code() != Some(64) || !text(&o).contains("root execution is not permitted") {
@@ -103,7 +105,7 @@ fn dropped(fx: &Fx) -> R {
     // everything it created belongs to the service user
     for p in [
         fx.base.join("state-main"),
-        fx.base.join("state-main/device.key"),
+        in_force(&fx.base.join("state-main")).join("device.key"),
         fx.main.control.clone(),
     ] {
         let m = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -229,7 +231,7 @@ fn writable_exe(fx: &Fx) -> R {
     Ok(())
 }
 
-fn init_as_svc(fx: &Fx, dir: &Path) -> R {
+pub(crate) fn init_as_svc(fx: &Fx, dir: &Path) -> R {
     let u = svc(fx)?;
     let o = run(screengate(fx)
         .args(["init", "--user", &u.user, "--state-dir"])
@@ -250,6 +252,12 @@ fn check_as_svc(fx: &Fx, dir: &Path, config: Option<&Path>) -> Result<Output, St
     run(&mut c)
 }
 
+/// The directory of the identity in force in state dir `d`: the
+/// generation `current` names (the state dir itself for the flat layout).
+pub(crate) fn in_force(d: &Path) -> PathBuf {
+    std::fs::read_link(d.join("current")).map_or_else(|_| d.to_owned(), |g| d.join(g))
+}
+
 /// A change to a state dir (or its undo) in the loose-permissions case.
 type Change = Box<dyn Fn(&Path) -> std::io::Result<()>>;
 
@@ -259,7 +267,7 @@ fn chmod(file: &'static str, mode: u32) -> Change {
         let p = if file.is_empty() {
             d.to_path_buf()
         } else {
-            d.join(file)
+            in_force(d).join(file)
         };
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
     })
@@ -276,6 +284,7 @@ fn loose(fx: &Fx) -> R {
     let cfg = fx.base.join("loose.toml");
     std::fs::write(&cfg, "").map_err(|e| e.to_string())?;
     let (uid, gid) = (u.uid, u.gid);
+    let id = in_force(&dir);
     let cases: Vec<(&str, PathBuf, &str, Change, Change)> = vec![
         (
             "state dir 0755",
@@ -286,34 +295,40 @@ fn loose(fx: &Fx) -> R {
         ),
         (
             "key 0640",
-            dir.join("server.key"),
+            id.join("server.key"),
             "chmod 600",
             chmod("server.key", 0o640),
             chmod("server.key", 0o600),
         ),
         (
             "device key owned by another user",
-            dir.join("device.key"),
+            id.join("device.key"),
             "chown",
-            Box::new(|d| std::os::unix::fs::chown(d.join("device.key"), Some(0), Some(0))),
-            Box::new(move |d| std::os::unix::fs::chown(d.join("device.key"), Some(uid), Some(gid))),
+            Box::new(|d| {
+                std::os::unix::fs::chown(in_force(d).join("device.key"), Some(0), Some(0))
+            }),
+            Box::new(move |d| {
+                std::os::unix::fs::chown(in_force(d).join("device.key"), Some(uid), Some(gid))
+            }),
         ),
         (
             "client key a symlink",
-            dir.join("client.key"),
+            id.join("client.key"),
             "symbolic link",
             Box::new(|d| {
+                let d = in_force(d);
                 std::fs::rename(d.join("client.key"), d.join("client.key.real"))?;
                 std::os::unix::fs::symlink(d.join("client.key.real"), d.join("client.key"))
             }),
             Box::new(|d| {
+                let d = in_force(d);
                 std::fs::remove_file(d.join("client.key"))?;
                 std::fs::rename(d.join("client.key.real"), d.join("client.key"))
             }),
         ),
         (
             "certificate group-writable",
-            dir.join("server.crt"),
+            id.join("server.crt"),
             "chmod go-w",
             chmod("server.crt", 0o664),
             chmod("server.crt", 0o644),
@@ -398,7 +413,7 @@ fn corrupt_key(fx: &Fx) -> R {
     let u = svc(fx)?;
     let dir = fx.base.join("state-corrupt");
     init_as_svc(fx, &dir)?;
-    let key = dir.join("server.key");
+    let key = in_force(&dir).join("server.key");
     let orig = std::fs::read(&key).map_err(|e| e.to_string())?;
     let half = orig.get(..orig.len() / 2).unwrap_or(&[]).to_vec();
     std::fs::write(&key, &half).map_err(|e| e.to_string())?;
@@ -427,10 +442,27 @@ fn corrupt_key(fx: &Fx) -> R {
     Ok(())
 }
 
-/// Every identity file present is complete and loadable.
-fn identity_files_whole(dir: &Path) -> Result<usize, String> {
+/// What a killed writer left in state dir `dir`: `None` when no identity
+/// is in force, `Some(n)` with the number of generations on disk when one
+/// is (more than one: a kill landed between two steps of the writer).
+/// Every file of the identity in force must be whole; and when there is
+/// none, no flat identity file may exist either.
+pub(crate) fn identity_in_force(dir: &Path) -> Result<Option<usize>, String> {
     use rustls::pki_types::pem::PemObject;
-    let mut present = 0;
+    let generations = std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("id."))
+            .count()
+    });
+    let id = in_force(dir);
+    if id == dir {
+        for name in ["device.key", "server.key", "client.key"] {
+            if dir.join(name).exists() {
+                return Err(format!("{name} exists with no identity in force"));
+            }
+        }
+        return Ok(None);
+    }
     for name in [
         "device.key",
         "server.key",
@@ -438,11 +470,8 @@ fn identity_files_whole(dir: &Path) -> Result<usize, String> {
         "client.key",
         "client.crt",
     ] {
-        let p = dir.join(name);
-        let Ok(bytes) = std::fs::read(&p) else {
-            continue;
-        };
-        present += 1;
+        let p = id.join(name);
+        let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let ok = match name {
             "device.key" => bytes.len() == 32,
             n if n.ends_with(".key") => {
@@ -462,7 +491,7 @@ fn identity_files_whole(dir: &Path) -> Result<usize, String> {
             ));
         }
     }
-    Ok(present)
+    Ok(Some(generations))
 }
 
 async fn sigkill_loop(fx: &Fx) -> R {
@@ -472,7 +501,7 @@ async fn sigkill_loop(fx: &Fx) -> R {
     let t0 = std::time::Instant::now();
     init_as_svc(fx, &probe)?;
     let full = t0.elapsed().as_micros().max(1000);
-    let (mut absent, mut partial_sets, mut complete) = (0, 0, 0);
+    let (mut absent, mut midway, mut complete) = (0, 0, 0);
     for i in 0..200 {
         let dir = fx.base.join(format!("state-kill-{}", i % 8));
         let _ = std::fs::remove_dir_all(&dir);
@@ -487,26 +516,38 @@ async fn sigkill_loop(fx: &Fx) -> R {
         std::thread::sleep(Duration::from_micros(u64::try_from(delay).unwrap_or(0)));
         let _ = child.kill();
         let _ = child.wait();
-        match identity_files_whole(&dir).map_err(|e| format!("iteration {i}: {e}"))? {
-            0 => absent += 1,
-            5 => complete += 1,
-            _ => partial_sets += 1,
+        // no identity, or a whole one: never some of its files
+        match identity_in_force(&dir).map_err(|e| format!("iteration {i}: {e}"))? {
+            None => absent += 1,
+            Some(_) => complete += 1,
         }
-        // and whatever was left, a later init completes into a loadable identity
+        // a generation directory not in force: the kill landed mid-write
+        let gens = std::fs::read_dir(&dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("id."))
+                .count()
+        });
+        if gens > usize::from(in_force(&dir) != dir) {
+            midway += 1;
+        }
+        // and whatever was left, a later init completes into a loadable
+        // identity and removes the leftovers
         if i % 25 == 0 {
             init_as_svc(fx, &dir)?;
-            if identity_files_whole(&dir)? != 5 {
-                return Err(format!("iteration {i}: init did not complete the identity"));
+            if identity_in_force(&dir)? != Some(1) {
+                return Err(format!(
+                    "iteration {i}: init did not leave exactly one whole identity"
+                ));
             }
         }
     }
     println!(
-        "      (200 kills within ~{} ms: {absent} before any file, {partial_sets} mid-way with whole files only, {complete} after)",
+        "      (200 kills within ~{} ms: {absent} before the switch, {complete} after; {midway} left a half-written generation, never in force)",
         full / 1000
     );
-    if absent + partial_sets + complete != 200 || partial_sets == 0 {
+    if absent + complete != 200 || midway == 0 {
         return Err(format!(
-            "no kill landed mid-way ({absent}/{partial_sets}/{complete}); the loop proved nothing"
+            "no kill landed mid-way ({absent}/{midway}/{complete}); the loop proved nothing"
         ));
     }
     Ok(())
@@ -537,7 +578,7 @@ async fn credential(fx: &Fx) -> R {
     )
     .map_err(|e| format!("{e:#}"))?;
     fx.mint_on(&s.control).await?;
-    if state.join("device.key").exists() {
+    if in_force(&state).join("device.key").exists() {
         return Err("device.key was written although the credential provides it".into());
     }
     if !s

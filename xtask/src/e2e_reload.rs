@@ -231,20 +231,21 @@ async fn new_identity(fx: &Fx) -> R {
     let (resp, ws) = handshake(addr, old_pin, &req(&live_t)).await?;
     let mut live = ws.ok_or(format!("before the rotation: {}", resp.status))?;
     echo(&mut live, "before").await?;
-    // A new identity on disk, as the service user would make it.
+    // A new identity on disk, made by `rotate` as the service user would.
     let state = fx.base.join(format!("state-{name}"));
     let mut cmd = Command::new(&fx.bin);
-    cmd.args(["init", "--force", "--state-dir"]).arg(&state);
+    cmd.args(["rotate", "--state-dir"]).arg(&state);
     if let Some(u) = &fx.svc {
         cmd.args(["--user", &u.user]);
     }
     let out = cmd.output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!(
-            "init --force: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("rotate: {}", String::from_utf8_lossy(&out.stderr)));
     }
+    let printed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("server spki pin: ").map(str::to_owned))
+        .ok_or("rotate printed no server pin")?;
     reload(&s, &file, &config(&[A], ""), "configuration applied").await?;
     if !s.log_text().contains("identity_rotated") {
         return Err("the reload did not see the new identity".into());
@@ -255,6 +256,11 @@ async fn new_identity(fx: &Fx) -> R {
     let (_, new_pin) = port_and_pin(&s.control).await?;
     if new_pin.matches(&old_pin) {
         return Err("the gateway pin did not change with the identity".into());
+    }
+    if new_pin.to_string() != printed {
+        return Err(format!(
+            "the gateway serves {new_pin}, rotate printed {printed}"
+        ));
     }
     // the old gateway certificate is gone: the old pin no longer connects
     let (new_t, _) = fx.mint_on(&s.control).await?;

@@ -40,6 +40,15 @@ pub enum IdentityError {
     /// Certificate generation failed in rcgen.
     #[error("certificate generation failed: {0}")]
     CertGen(String),
+    /// Another process holds the state directory: a server running on it
+    /// (for `reset`), or another `init`/`rotate`/`reset` past the wait.
+    #[error("{path}: {what}")]
+    Busy {
+        /// The state directory.
+        path: PathBuf,
+        /// Who holds it and what to do.
+        what: String,
+    },
     /// The identity is incomplete in a way we will not repair on our own.
     #[error("{path}: {what}")]
     Incomplete {

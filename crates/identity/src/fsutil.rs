@@ -28,10 +28,7 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityE
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let mut suffix = [0u8; 6];
-    rand::rng().fill_bytes(&mut suffix);
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = dir.join(format!(".{name}.tmp.{suffix}"));
+    let tmp = temp_path(dir, name);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -50,9 +47,7 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityE
             .map_err(|e| IdentityError::io(&tmp, "fsync", e))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(|e| IdentityError::io(path, "rename into place", e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| IdentityError::io(dir, "fsync directory", e))
+        sync_dir(dir)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -60,18 +55,82 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityE
     result
 }
 
-/// Removes leftover `.NAME.tmp.*` files from an interrupted atomic write.
+/// `DIR/.NAME.tmp.<12 random hex>`: where an atomic write of `DIR/NAME`
+/// stages its bytes ([`is_temp_name`] recognises it).
+pub(crate) fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    let mut suffix = [0u8; 6];
+    rand::rng().fill_bytes(&mut suffix);
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!(".{name}.tmp.{suffix}"))
+}
+
+/// Whether `name` is a [`temp_path`] left by an interrupted write.
+pub(crate) fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp.")
+}
+
+/// Overwrites the regular file at `path` with zeros, fsyncs it, then
+/// unlinks it: key bytes do not linger in freed blocks, where the
+/// filesystem writes in place (ext4, xfs; not a copy-on-write filesystem
+/// or a flash translation layer, which may keep the old blocks). Never
+/// follows a link: a symbolic link (or anything but a regular file) is
+/// unlinked itself, its target untouched. A file with other hard links,
+/// or owned by another uid, is not overwritten: it is not only ours.
+/// `Ok(false)` when nothing was there.
+pub fn shred(path: &Path) -> Result<bool, IdentityError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(IdentityError::io(path, "stat", e)),
+    };
+    if meta.is_file() && meta.nlink() == 1 && meta.uid() == euid() {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .custom_flags(
+                OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits() | OFlag::O_NONBLOCK.bits(),
+            )
+            .open(path)
+            .map_err(|e| IdentityError::io(path, "open to overwrite", e))?;
+        let m = f
+            .metadata()
+            .map_err(|e| IdentityError::io(path, "stat", e))?;
+        // the file opened is the one looked at (no swap in between)
+        if m.is_file() && m.ino() == meta.ino() && m.dev() == meta.dev() {
+            let zeros = [0u8; 4096];
+            // bounded: ours are a few KiB; anything huge is not a key
+            let len = usize::try_from(m.len().min(MAX_IDENTITY_FILE * 16)).unwrap_or(0);
+            for chunk in (0..len).step_by(zeros.len()) {
+                let n = (len - chunk).min(zeros.len());
+                f.write_all(&zeros[..n])
+                    .map_err(|e| IdentityError::io(path, "overwrite", e))?;
+            }
+            f.sync_all()
+                .map_err(|e| IdentityError::io(path, "fsync", e))?;
+        }
+    }
+    std::fs::remove_file(path).map_err(|e| IdentityError::io(path, "unlink", e))?;
+    Ok(true)
+}
+
+/// Removes leftover `.NAME.tmp.*` files from an interrupted atomic write
+/// (overwritten first: a staged key is a key).
 pub fn remove_stale_temps(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
-        let n = e.file_name();
-        let n = n.to_string_lossy();
-        if n.starts_with('.') && n.contains(".tmp.") {
-            let _ = std::fs::remove_file(e.path());
+        if is_temp_name(&e.file_name().to_string_lossy()) {
+            let _ = shred(&e.path());
         }
     }
+}
+
+/// fsyncs the directory `dir`, so the names just made in it survive a
+/// power cut.
+pub fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| IdentityError::io(dir, "fsync directory", e))
 }
 
 /// Creates `dir` (and parents) if missing, the last component with mode 0700.

@@ -15,12 +15,14 @@
 mod cert;
 mod error;
 pub mod fsutil;
+mod generation;
 mod pin;
 mod state;
 pub mod verify;
 
 pub use cert::{CertRole, GeneratedCert, generate_cert};
 pub use error::IdentityError;
+pub use generation::{CURRENT, Removal, ServingLock};
 pub use pin::{Pin, spki_pin_of_cert};
 pub use state::{
     CLIENT_CRT, CLIENT_KEY, CREDENTIAL_NAME, DEVICE_KEY, Identity, InitOutcome, SERVER_CRT,
