@@ -4,12 +4,21 @@
 //! On the pipe every message is one JSON object followed by a NUL byte. A
 //! read can carry several messages or part of one, so [`Framer`] buffers
 //! bytes and yields complete frames; [`parse`] turns a frame into a typed
-//! [`Incoming`]. The transport (the pipe, the child process) is the
-//! launcher's.
+//! [`Incoming`]; the commands the launcher sends are typed values
+//! (`command.rs`, [`Method`]) encoded into zeroizing [`Frame`]s. The
+//! transport (the pipe, the child process) is the launcher's.
 #![forbid(unsafe_code)]
 
-use serde::Serialize;
 use serde_json::Value;
+
+mod command;
+pub use command::{
+    AttachToTarget, Attached, BrowserClose, CaptureScreenshot, CloseTarget, Command,
+    ContinueRequest, ErrorReason, FailRequest, FetchEnable, Frame, GetTargets, Ignored,
+    ImageFormat, Method, Navigate, Navigated, NetworkEnable, PageEnable, RequestPattern,
+    Screenshot, SetBypassServiceWorker, SetDiscoverTargets, SetExtraHttpHeaders, TargetInfo,
+    Targets,
+};
 
 /// Largest frame accepted from the browser. Screenshots of a large kiosk
 /// display are the biggest messages (a few MiB of base64); anything beyond
@@ -66,29 +75,6 @@ impl Framer {
     /// Bytes buffered waiting for their NUL.
     pub fn pending(&self) -> usize {
         self.buf.len()
-    }
-}
-
-/// A command to the browser.
-#[derive(Debug, Clone, Serialize)]
-pub struct Command<'a> {
-    /// Correlates the response.
-    pub id: u64,
-    /// e.g. `Network.enable`.
-    pub method: &'a str,
-    /// Method parameters (an object).
-    pub params: Value,
-    /// The flattened target session, or the browser when absent.
-    #[serde(rename = "sessionId", skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<&'a str>,
-}
-
-impl Command<'_> {
-    /// The frame to write: JSON and the terminating NUL.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec());
-        v.push(0);
-        v
     }
 }
 
@@ -367,31 +353,6 @@ mod tests {
         assert_eq!(f.pending(), 0);
         // and recovers for the next frame
         assert_eq!(f.push(b"{}\0").unwrap(), vec![b"{}".to_vec()]);
-    }
-
-    #[test]
-    fn command_encodes_with_nul_and_session() {
-        let c = Command {
-            id: 7,
-            method: "Network.enable",
-            params: json!({}),
-            session_id: Some("S1"),
-        };
-        let bytes = c.encode();
-        assert_eq!(bytes.last(), Some(&0));
-        let v: Value = serde_json::from_slice(&bytes[..bytes.len() - 1]).unwrap();
-        assert_eq!(
-            v,
-            json!({"id":7,"method":"Network.enable","params":{},"sessionId":"S1"})
-        );
-        let c = Command {
-            id: 8,
-            method: "Target.getTargets",
-            params: json!({}),
-            session_id: None,
-        };
-        let v: Value = serde_json::from_slice(&c.encode()[..c.encode().len() - 1]).unwrap();
-        assert!(v.get("sessionId").is_none());
     }
 
     #[test]
