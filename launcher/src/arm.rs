@@ -186,6 +186,15 @@ impl Arming {
         }
     }
 
+    /// A handshake failed before any response was reported (Chromium's
+    /// frame error for a refused handshake): its token was not consumed,
+    /// and the tab no longer carries it, so it is revoked now.
+    pub async fn on_handshake_failed(&mut self, request_id: &str) {
+        if let Some(Some(used)) = self.in_flight.remove(request_id) {
+            revoke_superseded(&self.control, self.server, &used).await;
+        }
+    }
+
     /// The socket closed: nothing more to judge about its token.
     pub fn on_closed(&mut self, request_id: &str) {
         self.in_flight.remove(request_id);

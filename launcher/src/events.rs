@@ -53,6 +53,8 @@ pub(crate) async fn run(
     mut life: Life,
 ) {
     let mut gateway_sockets: HashSet<String> = HashSet::new();
+    // The gateway sockets whose handshake got its 101.
+    let mut open: HashSet<String> = HashSet::new();
     let mut connected: u64 = 0;
     let mut first_message_seen = false;
     loop {
@@ -129,6 +131,7 @@ pub(crate) async fn run(
                 life.arming.on_handshake_response(&request_id, status).await;
                 if gateway_sockets.contains(&request_id) {
                     if status == 101 {
+                        open.insert(request_id);
                         connected += 1;
                         first_message_seen = false;
                         info!(session = connected, "display connected to the gateway");
@@ -136,11 +139,21 @@ pub(crate) async fn run(
                             "display session {connected} open; waiting for its first message"
                         ));
                     } else {
-                        warn!(status, "the gateway refused the display's handshake");
-                        life.ready.status(&format!(
-                            "waiting for the display's first message: the gateway refused its handshake ({status})"
-                        ));
+                        refused(&life, &status.to_string());
                     }
+                }
+            }
+            Event::WebSocketFrameError {
+                request_id,
+                message,
+            } => {
+                // Chromium reports a refused handshake (503 with the
+                // backend down, 403) as a frame error, not as a response.
+                if gateway_sockets.contains(&request_id) && !open.contains(&request_id) {
+                    life.arming.on_handshake_failed(&request_id).await;
+                    let why = refused_status(&message)
+                        .map_or_else(|| message.clone(), |st| st.to_string());
+                    refused(&life, &why);
                 }
             }
             Event::WebSocketFrameReceived { request_id } => {
@@ -160,8 +173,10 @@ pub(crate) async fn run(
                 life.arming.on_closed(&request_id);
                 if gateway_sockets.remove(&request_id) {
                     info!("display session closed; the page will reconnect");
-                    life.ready
-                        .status("display disconnected; waiting for the page to reconnect");
+                    if open.remove(&request_id) {
+                        life.ready
+                            .status("display disconnected; waiting for the page to reconnect");
+                    }
                 }
             }
             Event::Detached { session_id: s } => {
@@ -177,6 +192,22 @@ pub(crate) async fn run(
             Event::Other(_) => {}
         }
     }
+}
+
+/// The gateway refused the display's handshake (`why`: the status, or
+/// Chromium's message): logged, and the reason the launcher is not ready.
+fn refused(life: &Life, why: &str) {
+    warn!(status = why, "the gateway refused the display's handshake");
+    life.ready.status(&format!(
+        "waiting for the display's first message: the gateway refused its handshake ({why})"
+    ));
+}
+
+/// The HTTP status in Chromium's "Unexpected response code: 503".
+fn refused_status(message: &str) -> Option<u16> {
+    let (_, rest) = message.split_once("response code: ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|s| (100..600).contains(s))
 }
 
 async fn take_screenshot(cdp: &Cdp, session: &str, path: &Path) {
@@ -227,6 +258,25 @@ fn write_png(path: &Path, png: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_refusal_status_comes_from_chromiums_message() {
+        assert_eq!(
+            refused_status("Error during WebSocket handshake: Unexpected response code: 503"),
+            Some(503)
+        );
+        assert_eq!(refused_status("Unexpected response code: 403 x"), Some(403));
+        for m in [
+            "",
+            "net::ERR_CONNECTION_REFUSED",
+            "Unexpected response code: ",
+            "Unexpected response code: 99999",
+            "Unexpected response code: 42",
+            "Unexpected response code: x503",
+        ] {
+            assert_eq!(refused_status(m), None, "{m}");
+        }
+    }
 
     #[test]
     fn the_screenshot_is_written_whole_and_0644() {

@@ -23,6 +23,7 @@ use crate::supervise::AbortOnDrop;
 pub(crate) struct Readiness {
     notifier: Notifier,
     ready: AtomicBool,
+    stopping: AtomicBool,
 }
 
 impl Readiness {
@@ -31,6 +32,7 @@ impl Readiness {
         Readiness {
             notifier: Notifier::from_env(),
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -51,9 +53,11 @@ impl Readiness {
         }
     }
 
-    /// The launcher is stopping.
+    /// The launcher is stopping (said once).
     pub fn stopping(&self) {
-        self.notifier.send("STOPPING=1\nSTATUS=stopping");
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            self.notifier.send("STOPPING=1\nSTATUS=stopping");
+        }
     }
 
     /// Pings `WATCHDOG=1` at half the interval systemd asked for, from a
@@ -102,6 +106,7 @@ mod tests {
         let r = Readiness {
             notifier: Notifier::from_vars(Some(path.as_os_str()), None, None),
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         };
         r.status("waiting for the display's first message");
         assert_eq!(
@@ -121,7 +126,11 @@ mod tests {
             Some("STATUS=display connected (session 2)")
         );
         r.stopping();
+        r.stopping();
+        r.status("after");
         assert_eq!(recv(&rx).as_deref(), Some("STOPPING=1\nSTATUS=stopping"));
+        // STOPPING=1 once: the next datagram is the status sent after it
+        assert_eq!(recv(&rx).as_deref(), Some("STATUS=after"));
     }
 
     #[test]

@@ -129,7 +129,7 @@ async fn supervise(
         ready.status("waiting for a token from the control socket");
         let minted = tokio::select! {
             m = arm::mint_with_retry(opts, ready) => m?,
-            _ = stopped(term, int) => { info!("stopping (signal before launch)"); return Ok(()) }
+            _ = stopped(term, int, ready) => { info!("stopping (signal before launch)"); return Ok(()) }
         };
         let profile = private_profile()?;
         let launch = chromium::Launch {
@@ -157,7 +157,7 @@ async fn supervise(
         let (cdp, events) = Cdp::start(browser.to_browser, browser.from_browser);
         let life = tokio::select! {
             end = drive(&cdp, events, opts, minted, screenshot.take(), ready) => Some(end),
-            _ = stopped(term, int) => None,
+            _ = stopped(term, int, ready) => None,
         };
         // Either way the browser goes now: ask, then make sure.
         let clean = tokio::time::timeout(CLOSE_CALL, cdp.call(None, &BrowserClose {})).await;
@@ -192,7 +192,7 @@ async fn supervise(
                 warn!(status = ?status, retry_in = ?backoff, "Chromium exited; restarting it with a fresh token");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stopped(term, int) => { info!("stopped"); return Ok(()) }
+                    _ = stopped(term, int, ready) => { info!("stopped"); return Ok(()) }
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -239,8 +239,11 @@ fn check_profile_mode(is_dir: bool, uid: u32, mode: u32, euid: u32) -> Result<()
     Ok(())
 }
 
-async fn stopped(term: &mut Signal, int: &mut Signal) {
+/// Resolves on SIGTERM or SIGINT, telling systemd at once that the
+/// launcher is stopping (the browser is closed after this).
+async fn stopped(term: &mut Signal, int: &mut Signal, ready: &Readiness) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    ready.stopping();
 }
 
 /// One browser life: set the tab up, navigate, then keep the token armed

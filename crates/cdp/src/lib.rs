@@ -25,6 +25,11 @@ pub use command::{
 /// this is not a message we asked for.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
+/// Longest error message kept from a [`Event::WebSocketFrameError`]
+/// (Chromium's own wording, e.g. "Error during WebSocket handshake:
+/// Unexpected response code: 503").
+pub const MAX_ERROR_MESSAGE: usize = 256;
+
 /// Why bytes from the pipe could not be framed or parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CdpError {
@@ -159,6 +164,15 @@ pub enum Event {
         /// Network request id.
         request_id: String,
     },
+    /// `Network.webSocketFrameError`: Chromium reports a refused handshake
+    /// (`Unexpected response code: 503`) this way, not as a handshake
+    /// response.
+    WebSocketFrameError {
+        /// Network request id.
+        request_id: String,
+        /// Chromium's message, cut to [`MAX_ERROR_MESSAGE`] bytes.
+        message: String,
+    },
     /// `Network.webSocketClosed`.
     WebSocketClosed {
         /// Network request id.
@@ -277,6 +291,18 @@ pub fn parse(frame: &[u8]) -> Result<Incoming, CdpError> {
         },
         "Network.webSocketFrameReceived" => Event::WebSocketFrameReceived {
             request_id: need(&p, &["requestId"])?,
+        },
+        "Network.webSocketFrameError" => Event::WebSocketFrameError {
+            request_id: need(&p, &["requestId"])?,
+            message: {
+                let mut m = s(&p, &["errorMessage"]).unwrap_or_default();
+                let mut cut = m.len().min(MAX_ERROR_MESSAGE);
+                while !m.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                m.truncate(cut);
+                m
+            },
         },
         "Network.webSocketClosed" => Event::WebSocketClosed {
             request_id: need(&p, &["requestId"])?,
@@ -455,6 +481,33 @@ mod tests {
         assert!(
             matches!(e, Incoming::Event { event: Event::Other(m), .. } if m == "Page.loadEventFired")
         );
+    }
+
+    #[test]
+    fn a_frame_error_keeps_a_bounded_message() {
+        let e = parse(br#"{"method":"Network.webSocketFrameError","params":{"requestId":"R","timestamp":1,"errorMessage":"Error during WebSocket handshake: Unexpected response code: 503"}}"#).unwrap();
+        assert_eq!(
+            e,
+            Incoming::Event {
+                session_id: None,
+                event: Event::WebSocketFrameError {
+                    request_id: "R".into(),
+                    message: "Error during WebSocket handshake: Unexpected response code: 503"
+                        .into()
+                }
+            }
+        );
+        let long = format!("{}é", "x".repeat(MAX_ERROR_MESSAGE - 1));
+        let frame = serde_json::to_vec(&json!({"method":"Network.webSocketFrameError","params":{"requestId":"R","errorMessage":long}})).unwrap();
+        let Incoming::Event {
+            event: Event::WebSocketFrameError { message, .. },
+            ..
+        } = parse(&frame).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(message, "x".repeat(MAX_ERROR_MESSAGE - 1));
+        assert!(parse(br#"{"method":"Network.webSocketFrameError","params":{}}"#).is_err());
     }
 
     #[test]
