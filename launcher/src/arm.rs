@@ -18,7 +18,9 @@ use screengate_cdp::SetExtraHttpHeaders;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::control::{MintError, Minted, ServerUid, mint, revoke};
+// The launcher's one import site of `control` (lib.rs re-exports it).
+pub(crate) use crate::control::Minted;
+use crate::control::{MintError, ServerUid, mint, revoke};
 use crate::ready::Readiness;
 use crate::supervise::{FIRST_BACKOFF, MAX_BACKOFF};
 use crate::transport::{CallError, Cdp};

@@ -17,7 +17,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::control::Minted;
+use crate::arm::Minted;
 use crate::ready::Readiness;
 use crate::transport::{CallError, Cdp, SessionEvent};
 use crate::{LaunchError, Options, arm, chromium, events, tab};

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::LaunchError;
-use crate::control::Minted;
+use crate::arm::Minted;
 use crate::supervise::{LifeEnd, call_end};
 use crate::transport::Cdp;
 
