@@ -74,12 +74,14 @@ impl<M: Method> Command<'_, M> {
     /// NUL, and the JSON is written into that fixed slice: a writer that
     /// cannot grow, so no reallocation can leave a copy behind.
     pub fn encode(&self) -> Result<Frame, serde_json::Error> {
+        // Both passes through `dyn Write`: one serialiser per command
+        // type, not one per writer type.
         let mut n = Counter(0);
-        serde_json::to_writer(&mut n, self)?;
+        serde_json::to_writer(&mut n as &mut dyn std::io::Write, self)?;
         let mut frame = Zeroizing::new(vec![0u8; n.0 + 1]);
         let (json, nul) = frame.split_at_mut(n.0);
         let mut w: &mut [u8] = json;
-        serde_json::to_writer(&mut w, self)?;
+        serde_json::to_writer(&mut w as &mut dyn std::io::Write, self)?;
         if !w.is_empty() || nul != [0] {
             // Serialisation is deterministic; a second pass that wrote
             // less is a bug, not a frame.
