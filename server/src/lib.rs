@@ -22,7 +22,6 @@ mod guard;
 mod limits;
 mod live;
 mod native;
-mod notify;
 pub mod peer_uid;
 mod pending;
 pub mod privilege;

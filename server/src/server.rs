@@ -284,7 +284,7 @@ impl Server {
         let ctl = tokio::spawn(crate::control::accept_loop(shared.clone(), control));
         let nat = native.map(|l| tokio::spawn(crate::native::accept_loop(shared.clone(), l)));
         // Every socket is bound and the identity loaded (`bind`): ready.
-        let notifier = Arc::new(crate::notify::Notifier::from_env());
+        let notifier = Arc::new(screengate_notify::Notifier::from_env());
         notifier.send(&format!(
             "READY=1\nSTATUS=serving on {}:{}, 0 sessions",
             shared.listen_ip, shared.port

@@ -6,6 +6,11 @@
 //! profile is private, the environment is cleared, a forged control socket
 //! is refused, superseded tokens are revoked, and SIGTERM cleans up.
 //!
+//! Under a fake `NOTIFY_SOCKET` (as `e2e_stream.rs` fakes it for the
+//! server) the launcher says READY=1 only after the display's first
+//! message, never while the gateway refuses the display, and STOPPING=1 on
+//! SIGTERM.
+//!
 //! As root the launcher runs as a throwaway display user with Chromium's
 //! sandbox on, as on a device (`launch`); the refusal of root without
 //! `--no-sandbox` and the forged-socket cases run as root.
@@ -48,6 +53,8 @@ pub(super) const CASES: &[Case] = &[
     case!(Chromium "launcher_service_worker_cannot_serve_an_unlocked_document" => async service_worker),
     case!(ChromiumRoot "launcher_runs_as_the_display_user_with_the_sandbox_on" => async sandboxed),
     case!(ChromiumRoot "launcher_bounds_the_control_reply" => async bounded_reply),
+    case!(Chromium "launcher_systemd_ready_only_after_the_displays_first_message_status_stopping_on_sigterm" => async systemd_ready),
+    case!(Chromium "launcher_systemd_not_ready_while_the_gateway_refuses_the_display" => async systemd_not_ready),
 ];
 
 pub fn chromium_present() -> bool {
@@ -1372,4 +1379,231 @@ mod tests {
         assert!(holds_token(format!("..{tok}..").as_bytes(), &p));
         assert!(!holds_token(format!("..{p}short").as_bytes(), &p));
     }
+}
+
+/// A fake `NOTIFY_SOCKET` the launcher's uid (the display user) can send to.
+fn notify_socket(fx: &Fx, name: &str) -> Result<(tokio::net::UnixDatagram, PathBuf), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = fx.base.join(format!("{name}.notify"));
+    let _ = std::fs::remove_file(&path);
+    let rx = tokio::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| e.to_string())?;
+    Ok((rx, path))
+}
+
+/// The notifications received so far, split into their assignments.
+#[derive(Default, Debug)]
+struct Notes {
+    statuses: Vec<String>,
+    ready: usize,
+    watchdog: usize,
+    stopping: usize,
+}
+
+impl Notes {
+    fn add(&mut self, note: &str) {
+        for line in note.lines() {
+            match line {
+                "READY=1" => self.ready += 1,
+                "WATCHDOG=1" => self.watchdog += 1,
+                "STOPPING=1" => self.stopping += 1,
+                _ => {
+                    if let Some(st) = line.strip_prefix("STATUS=") {
+                        self.statuses.push(st.to_owned());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn server_accepted(log: &str) -> bool {
+    log.contains("\"accepted\"") || log.contains("event=accepted")
+}
+
+/// SIGTERM: STOPPING=1 arrives and the launcher exits 0 (waited for by
+/// pid, not signalled twice).
+async fn stops_on_sigterm(
+    l: &mut LauncherProc,
+    rx: &tokio::net::UnixDatagram,
+    notes: &mut Notes,
+) -> R {
+    kill(l.pid(), Signal::SIGTERM).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(n) = super::stream::next_note(rx, Duration::from_millis(100)).await {
+            notes.add(&n);
+        }
+        if let Some(st) = l.child.try_wait().map_err(|e| e.to_string())? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            return Err("the launcher did not exit within 10 s of SIGTERM".into());
+        }
+    };
+    // what it sent before exiting is already queued
+    while let Some(n) = super::stream::next_note(rx, Duration::from_millis(50)).await {
+        notes.add(&n);
+    }
+    if notes.stopping != 1 || !status.success() {
+        return Err(format!(
+            "after SIGTERM: {} STOPPING=1, exit {status}",
+            notes.stopping
+        ));
+    }
+    Ok(())
+}
+
+/// READY=1 comes only once the display's session is open and its first
+/// message arrived (the server logged the session, the launcher the
+/// message, both before READY was read); STATUS lines say what it waited
+/// for; WATCHDOG=1 is pinged; SIGTERM → STOPPING=1 and exit 0.
+async fn systemd_ready(fx: &Fx) -> R {
+    let name = "l-notify";
+    let (rx, path) = notify_socket(fx, name)?;
+    let s = display_server(fx, name, &[])?;
+    let mut l = launch_env(
+        fx,
+        name,
+        &s,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.as_path()),
+            ("WATCHDOG_USEC", Path::new("2000000")),
+        ],
+    )?;
+    let mut notes = Notes::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while notes.ready == 0 {
+        if Instant::now() > deadline {
+            return Err(format!("no READY=1 within 30 s; got {notes:?}"));
+        }
+        if let Ok(Some(st)) = l.child.try_wait() {
+            return Err(format!("the launcher exited ({st}) before READY=1"));
+        }
+        let Some(n) = super::stream::next_note(&rx, Duration::from_millis(500)).await else {
+            continue;
+        };
+        // The logs as they are when READY=1 is read: both events must
+        // already be in them.
+        let (server_log, launcher_log) = (s.log_text(), l.log_text());
+        notes.add(&n);
+        if notes.ready > 0 {
+            if !server_accepted(&server_log) {
+                return Err("READY=1 before the server logged the display's session".into());
+            }
+            if !launcher_log.contains(FIRST_MESSAGE) {
+                return Err("READY=1 before the display's first message arrived".into());
+            }
+        }
+    }
+    let waited = notes
+        .statuses
+        .iter()
+        .any(|st| st == "waiting for the display's first message");
+    let connected = notes
+        .statuses
+        .iter()
+        .any(|st| st.starts_with("display connected"));
+    if !waited || !connected {
+        return Err(format!("STATUS lines missing: {:?}", notes.statuses));
+    }
+    // WATCHDOG_USEC=2 s: a ping every second
+    let t0 = Instant::now();
+    while notes.watchdog == 0 && t0.elapsed() < Duration::from_secs(5) {
+        if let Some(n) = super::stream::next_note(&rx, Duration::from_secs(1)).await {
+            notes.add(&n);
+        }
+    }
+    if notes.watchdog == 0 {
+        return Err("no WATCHDOG=1 within 5 s with WATCHDOG_USEC=2000000".into());
+    }
+    stops_on_sigterm(&mut l, &rx, &mut notes).await?;
+    if notes.ready != 1 {
+        return Err(format!("READY=1 sent {} times", notes.ready));
+    }
+    println!(
+        "      (READY=1 after the session and its first message; STATUS: {:?})",
+        notes.statuses
+    );
+    Ok(())
+}
+
+/// The gateway refuses the display (its backend is down: 503 on every
+/// handshake): no READY=1 while the page retries, and STATUS says why;
+/// SIGTERM still → STOPPING=1 and exit 0.
+async fn systemd_not_ready(fx: &Fx) -> R {
+    const REFUSED: &str = "the gateway refused the display's handshake";
+    let name = "l-notready";
+    let (rx, path) = notify_socket(fx, name)?;
+    // a backend socket path in a directory the server may read, with
+    // nothing listening on it
+    let dir = fx.base.join("run/l-notready-backend");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    if let Some(u) = &fx.svc {
+        std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())?;
+    }
+    let backend = format!("unix:{}", dir.join("down.sock").display());
+    let s = display_server(fx, name, &["--backend", &backend])?;
+    let mut l = launch_env(fx, name, &s, &[], &[("NOTIFY_SOCKET", path.as_path())])?;
+    let mut notes = Notes::default();
+    // bounded: until the page was refused three times (it retries within
+    // 2 s), then two more seconds of listening
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while l.log_text().matches(REFUSED).count() < 3 {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the display was not refused 3 times within 40 s; got {notes:?}"
+            ));
+        }
+        if let Ok(Some(st)) = l.child.try_wait() {
+            return Err(format!("the launcher exited ({st})"));
+        }
+        if let Some(n) = super::stream::next_note(&rx, Duration::from_millis(200)).await {
+            notes.add(&n);
+        }
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        if let Some(n) = super::stream::next_note(&rx, Duration::from_millis(200)).await {
+            notes.add(&n);
+        }
+    }
+    if notes.ready != 0 {
+        return Err(format!(
+            "READY=1 while the gateway refused the display: {notes:?}"
+        ));
+    }
+    if server_accepted(&s.log_text()) {
+        return Err("the server accepted a session: the backend was not down".into());
+    }
+    if !s.log_text().contains("backend_unavailable") {
+        return Err("the server did not record the backend as unavailable".into());
+    }
+    // Each refused handshake left its token unconsumed: the launcher
+    // revoked it rather than let it live out its TTL (30 s, so none of
+    // these is a half-TTL re-arm).
+    let revoked = ids_of(&s.log_text(), "revoke");
+    if revoked.len() < 2 {
+        return Err(format!(
+            "{} tokens revoked after {} refusals",
+            revoked.len(),
+            l.log_text().matches(REFUSED).count()
+        ));
+    }
+    let why = "waiting for the display's first message: the gateway refused its handshake (503)";
+    if !notes.statuses.iter().any(|st| st == why) {
+        return Err(format!("no STATUS saying why: {:?}", notes.statuses));
+    }
+    stops_on_sigterm(&mut l, &rx, &mut notes).await?;
+    if notes.ready != 0 {
+        return Err("READY=1 on the way out".into());
+    }
+    println!(
+        "      (refused {} times, {} refused tokens revoked, no READY=1; STATUS: {why:?})",
+        l.log_text().matches(REFUSED).count(),
+        revoked.len()
+    );
+    Ok(())
 }

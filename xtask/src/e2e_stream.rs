@@ -607,7 +607,7 @@ async fn control_never_reads(fx: &Fx) -> R {
 }
 
 /// The next notify datagram within `within`, or `None`.
-async fn next_note(s: &tokio::net::UnixDatagram, within: Duration) -> Option<String> {
+pub(super) async fn next_note(s: &tokio::net::UnixDatagram, within: Duration) -> Option<String> {
     let mut buf = [0u8; 1024];
     match tokio::time::timeout(within, s.recv(&mut buf)).await {
         Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),

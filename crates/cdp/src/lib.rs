@@ -4,17 +4,31 @@
 //! On the pipe every message is one JSON object followed by a NUL byte. A
 //! read can carry several messages or part of one, so [`Framer`] buffers
 //! bytes and yields complete frames; [`parse`] turns a frame into a typed
-//! [`Incoming`]. The transport (the pipe, the child process) is the
-//! launcher's.
+//! [`Incoming`]; the commands the launcher sends are typed values
+//! (`command.rs`, [`Method`]) encoded into zeroizing [`Frame`]s. The
+//! transport (the pipe, the child process) is the launcher's.
 #![forbid(unsafe_code)]
 
-use serde::Serialize;
 use serde_json::Value;
+
+mod command;
+pub use command::{
+    AttachToTarget, Attached, BrowserClose, CaptureScreenshot, CloseTarget, Command,
+    ContinueRequest, ErrorReason, FailRequest, FetchEnable, Frame, GetTargets, Ignored,
+    ImageFormat, Method, Navigate, Navigated, NetworkEnable, PageEnable, RequestPattern,
+    Screenshot, SetBypassServiceWorker, SetDiscoverTargets, SetExtraHttpHeaders, TargetInfo,
+    Targets,
+};
 
 /// Largest frame accepted from the browser. Screenshots of a large kiosk
 /// display are the biggest messages (a few MiB of base64); anything beyond
 /// this is not a message we asked for.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// Longest error message kept from a [`Event::WebSocketFrameError`]
+/// (Chromium's own wording, e.g. "Error during WebSocket handshake:
+/// Unexpected response code: 503").
+pub const MAX_ERROR_MESSAGE: usize = 256;
 
 /// Why bytes from the pipe could not be framed or parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,29 +80,6 @@ impl Framer {
     /// Bytes buffered waiting for their NUL.
     pub fn pending(&self) -> usize {
         self.buf.len()
-    }
-}
-
-/// A command to the browser.
-#[derive(Debug, Clone, Serialize)]
-pub struct Command<'a> {
-    /// Correlates the response.
-    pub id: u64,
-    /// e.g. `Network.enable`.
-    pub method: &'a str,
-    /// Method parameters (an object).
-    pub params: Value,
-    /// The flattened target session, or the browser when absent.
-    #[serde(rename = "sessionId", skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<&'a str>,
-}
-
-impl Command<'_> {
-    /// The frame to write: JSON and the terminating NUL.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec());
-        v.push(0);
-        v
     }
 }
 
@@ -172,6 +163,15 @@ pub enum Event {
     WebSocketFrameReceived {
         /// Network request id.
         request_id: String,
+    },
+    /// `Network.webSocketFrameError`: Chromium reports a refused handshake
+    /// (`Unexpected response code: 503`) this way, not as a handshake
+    /// response.
+    WebSocketFrameError {
+        /// Network request id.
+        request_id: String,
+        /// Chromium's message, cut to [`MAX_ERROR_MESSAGE`] bytes.
+        message: String,
     },
     /// `Network.webSocketClosed`.
     WebSocketClosed {
@@ -292,6 +292,18 @@ pub fn parse(frame: &[u8]) -> Result<Incoming, CdpError> {
         "Network.webSocketFrameReceived" => Event::WebSocketFrameReceived {
             request_id: need(&p, &["requestId"])?,
         },
+        "Network.webSocketFrameError" => Event::WebSocketFrameError {
+            request_id: need(&p, &["requestId"])?,
+            message: {
+                let mut m = s(&p, &["errorMessage"]).unwrap_or_default();
+                let mut cut = m.len().min(MAX_ERROR_MESSAGE);
+                while !m.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                m.truncate(cut);
+                m
+            },
+        },
         "Network.webSocketClosed" => Event::WebSocketClosed {
             request_id: need(&p, &["requestId"])?,
         },
@@ -367,31 +379,6 @@ mod tests {
         assert_eq!(f.pending(), 0);
         // and recovers for the next frame
         assert_eq!(f.push(b"{}\0").unwrap(), vec![b"{}".to_vec()]);
-    }
-
-    #[test]
-    fn command_encodes_with_nul_and_session() {
-        let c = Command {
-            id: 7,
-            method: "Network.enable",
-            params: json!({}),
-            session_id: Some("S1"),
-        };
-        let bytes = c.encode();
-        assert_eq!(bytes.last(), Some(&0));
-        let v: Value = serde_json::from_slice(&bytes[..bytes.len() - 1]).unwrap();
-        assert_eq!(
-            v,
-            json!({"id":7,"method":"Network.enable","params":{},"sessionId":"S1"})
-        );
-        let c = Command {
-            id: 8,
-            method: "Target.getTargets",
-            params: json!({}),
-            session_id: None,
-        };
-        let v: Value = serde_json::from_slice(&c.encode()[..c.encode().len() - 1]).unwrap();
-        assert!(v.get("sessionId").is_none());
     }
 
     #[test]
@@ -494,6 +481,33 @@ mod tests {
         assert!(
             matches!(e, Incoming::Event { event: Event::Other(m), .. } if m == "Page.loadEventFired")
         );
+    }
+
+    #[test]
+    fn a_frame_error_keeps_a_bounded_message() {
+        let e = parse(br#"{"method":"Network.webSocketFrameError","params":{"requestId":"R","timestamp":1,"errorMessage":"Error during WebSocket handshake: Unexpected response code: 503"}}"#).unwrap();
+        assert_eq!(
+            e,
+            Incoming::Event {
+                session_id: None,
+                event: Event::WebSocketFrameError {
+                    request_id: "R".into(),
+                    message: "Error during WebSocket handshake: Unexpected response code: 503"
+                        .into()
+                }
+            }
+        );
+        let long = format!("{}é", "x".repeat(MAX_ERROR_MESSAGE - 1));
+        let frame = serde_json::to_vec(&json!({"method":"Network.webSocketFrameError","params":{"requestId":"R","errorMessage":long}})).unwrap();
+        let Incoming::Event {
+            event: Event::WebSocketFrameError { message, .. },
+            ..
+        } = parse(&frame).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(message, "x".repeat(MAX_ERROR_MESSAGE - 1));
+        assert!(parse(br#"{"method":"Network.webSocketFrameError","params":{}}"#).is_err());
     }
 
     #[test]

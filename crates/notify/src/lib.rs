@@ -1,13 +1,16 @@
 //! systemd's notify protocol (`sd_notify`), without libsystemd: one
 //! datagram per state change to `$NOTIFY_SOCKET` (a path, or `@name` in
-//! the abstract namespace). `READY=1` once every socket is bound and the
-//! identity loaded, `STATUS=` with the session count, `WATCHDOG=1` at half
-//! `$WATCHDOG_USEC` from a task on the runtime itself (a wedged runtime
-//! stops pinging, so systemd restarts it), `STOPPING=1` on shutdown.
-//! Without `$NOTIFY_SOCKET` (not started by systemd) every call is a no-op.
+//! the abstract namespace), and the watchdog interval systemd asked for
+//! (`$WATCHDOG_USEC`, pinged at half of it). Without `$NOTIFY_SOCKET` (not
+//! started by systemd) every call is a no-op.
 //!
-//! What it leaves to others: when the server is ready and stopping
-//! (`server.rs`), and what the unit asks for (`dist/systemd`).
+//! Shared by the server (`screengate`: ready once its sockets are bound)
+//! and the launcher (`screengate-launch`: ready once the display's first
+//! message arrived). What it leaves to them: when they are ready and
+//! stopping, what their `STATUS=` says, and which task pings the watchdog
+//! (each pings from its own runtime, so a wedged runtime stops pinging and
+//! systemd restarts it). What the units ask for is in `dist/systemd`.
+#![forbid(unsafe_code)]
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 /// A connection to the service manager, if there is one.
 #[derive(Debug)]
-pub(crate) struct Notifier {
+pub struct Notifier {
     to: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
 }
@@ -24,7 +27,21 @@ impl Notifier {
     /// From the environment systemd set: `NOTIFY_SOCKET`, and
     /// `WATCHDOG_USEC` (only if `WATCHDOG_PID` is unset or ours).
     pub fn from_env() -> Notifier {
-        let to = std::env::var_os("NOTIFY_SOCKET").and_then(|p| {
+        Notifier::from_vars(
+            std::env::var_os("NOTIFY_SOCKET").as_deref(),
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+        )
+    }
+
+    /// From those variables' values, as [`Notifier::from_env`] reads them
+    /// (a test passes its own socket; the environment is process-wide).
+    pub fn from_vars(
+        notify_socket: Option<&std::ffi::OsStr>,
+        watchdog_usec: Option<&str>,
+        watchdog_pid: Option<&str>,
+    ) -> Notifier {
+        let to = notify_socket.and_then(|p| {
             let p = p.to_string_lossy().into_owned();
             let addr = match p.strip_prefix('@') {
                 Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
@@ -38,10 +55,8 @@ impl Notifier {
                 }
             }
         });
-        let ours = std::env::var("WATCHDOG_PID")
-            .map_or(true, |p| p.trim() == std::process::id().to_string());
-        let watchdog = std::env::var("WATCHDOG_USEC")
-            .ok()
+        let ours = watchdog_pid.is_none_or(|p| p.trim() == std::process::id().to_string());
+        let watchdog = watchdog_usec
             .and_then(|u| u.trim().parse::<u64>().ok())
             .filter(|u| *u > 0 && ours)
             .map(Duration::from_micros);
@@ -100,6 +115,35 @@ mod tests {
         n.send("WATCHDOG=1");
         assert_eq!(recv(&listener), "WATCHDOG=1");
         assert_eq!(n.ping_every(), None);
+    }
+
+    #[test]
+    fn from_vars_reads_what_systemd_sets() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("notify");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        let me = std::process::id().to_string();
+        let n = Notifier::from_vars(Some(path.as_os_str()), Some("3000000"), Some(&me));
+        n.send("READY=1");
+        assert_eq!(recv(&listener), "READY=1");
+        assert_eq!(n.ping_every(), Some(Duration::from_millis(1500)));
+        // no PID: ours; another PID, zero, junk: no watchdog
+        let n = Notifier::from_vars(Some(path.as_os_str()), Some("3000000"), None);
+        assert_eq!(n.ping_every(), Some(Duration::from_millis(1500)));
+        for (usec, pid) in [
+            (Some("3000000"), Some("1")),
+            (Some("0"), None),
+            (Some("x"), None),
+            (Some("-5"), None),
+            (None, None),
+        ] {
+            let n = Notifier::from_vars(Some(path.as_os_str()), usec, pid);
+            assert_eq!(n.ping_every(), None, "{usec:?} {pid:?}");
+        }
+        // no socket: no watchdog either, and sending is a no-op
+        let n = Notifier::from_vars(None, Some("3000000"), None);
+        assert_eq!(n.ping_every(), None);
+        n.send("READY=1");
     }
 
     #[test]
