@@ -128,7 +128,7 @@ fn installs_checks_and_removes(fx: &Fx) -> R {
     users_are_right(&svc)?;
     let pin = identity_is_right(&svc, &out)?;
     check_passes()?;
-    units_verify_and_score()?;
+    units_verify_and_score(&fx.base)?;
     serves_and_mints(fx, &svc)?;
 
     // A local edit of the conffile, then an upgrade and a reinstall: both
@@ -167,7 +167,8 @@ fn installs_checks_and_removes(fx: &Fx) -> R {
     for p in &left {
         let kept =
             p.as_path() == Path::new(CONFFILE) || p.as_path() == Path::new("/etc/screengate");
-        let shared = p.is_dir() && owned_by_another_package(p);
+        // dpkg lists the root as "/.", which no package owns.
+        let shared = p.is_dir() && (p.as_path() == Path::new("/.") || owned_by_another_package(p));
         if !(kept || shared) {
             return Err(format!("{} is left after dpkg -r", p.display()));
         }
@@ -341,9 +342,16 @@ fn check_passes() -> R {
     Ok(())
 }
 
-fn units_verify_and_score() -> R {
+fn units_verify_and_score(base: &Path) -> R {
     run(Command::new("systemd-analyze").args(["verify", SYSTEM_UNIT]))?;
-    run(Command::new("systemd-analyze").args(["--user", "verify", USER_UNIT]))?;
+    // A user manager needs a runtime directory; root has none here.
+    let xdg = base.join("dist-xdg");
+    std::fs::create_dir_all(&xdg).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
+    run(Command::new("systemd-analyze")
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .args(["--user", "verify", USER_UNIT]))?;
     let (score, report) = crate::harden::unit_exposure(Path::new(SYSTEM_UNIT))?;
     if score > crate::harden::MAX_EXPOSURE {
         return Err(format!(
