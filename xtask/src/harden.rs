@@ -13,10 +13,37 @@ use goblin::elf::dynamic::{DF_1_NOW, DF_1_PIE, DF_BIND_NOW};
 use goblin::elf::header::ET_DYN;
 use goblin::elf::program_header::{PF_W, PF_X, PT_GNU_RELRO, PT_GNU_STACK, PT_LOAD};
 
-use crate::proc::{build_release, root, target_dir};
+use crate::proc::{RELEASE_PACKAGES, build_release, root, target_dir};
 
-/// Highest acceptable `systemd-analyze security` exposure for the server unit.
-const MAX_EXPOSURE: f64 = 1.5;
+/// Highest acceptable `systemd-analyze security --offline=true` exposure
+/// for the server unit (`harden` on dist/systemd, the dist e2e case on the
+/// installed copy). 1.1 is the floor under systemd 252 while the server
+/// needs the host's network, real uids and loopback TCP (docs/hardening.md,
+/// "The unit's exposure"): any regression fails.
+pub const MAX_EXPOSURE: f64 = 1.1;
+
+/// `systemd-analyze security --offline=true UNIT`: its overall exposure and
+/// the whole report (the ✗ lines say what counts against it).
+pub fn unit_exposure(unit: &Path) -> std::result::Result<(f64, String), String> {
+    let name = unit
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(unit)
+        .output()
+        .map_err(|e| format!("cannot run systemd-analyze ({e}; apt-get install systemd)"))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let key = format!("Overall exposure level for {name}:");
+    text.lines()
+        .find_map(|l| l.split(key.as_str()).nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .map(|s| (s, text.clone()))
+        .ok_or_else(|| format!("systemd-analyze security gave no score:\n{text}"))
+}
 
 /// One property and whether the binary has it.
 #[derive(Debug)]
@@ -115,7 +142,7 @@ fn unhardened(dir: &Path) -> Result<PathBuf> {
 pub fn run_counted() -> Result<(u64, u64)> {
     let (mut passed, mut failed) = (0u64, 0u64);
     println!("==> harden: cargo build --release (fat LTO, one codegen unit, stripped)");
-    build_release(&["screengate-server", "screengate-launcher"])?;
+    build_release(RELEASE_PACKAGES)?;
     let target = target_dir();
     println!("  {:<18} {:<32} result", "binary", "property");
     for bin in ["screengate", "screengate-launch"] {
@@ -183,46 +210,23 @@ pub fn run_counted() -> Result<(u64, u64)> {
     }
     // The server unit's exposure.
     let unit = root().join("dist/systemd/screengate.service");
-    match Command::new("systemd-analyze")
-        .args(["security", "--offline=true"])
-        .arg(&unit)
-        .output()
-    {
-        Ok(out) => {
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            let score = text
-                .lines()
-                .find_map(|l| {
-                    l.split("Overall exposure level for screengate.service:")
-                        .nth(1)
-                })
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse::<f64>().ok());
-            match score {
-                Some(s) if s <= MAX_EXPOSURE => {
-                    println!(
-                        "  systemd-analyze security {}: exposure {s} (limit {MAX_EXPOSURE})",
-                        unit.display()
-                    );
-                    passed += 1;
-                }
-                Some(s) => {
-                    println!(
-                        "  systemd-analyze security: exposure {s} above {MAX_EXPOSURE}: FAILED"
-                    );
-                    failed += 1;
-                }
-                None => {
-                    println!("  systemd-analyze security gave no score:\n{text}");
-                    failed += 1;
-                }
+    match unit_exposure(&unit) {
+        Ok((s, _)) if s <= MAX_EXPOSURE => {
+            println!(
+                "  systemd-analyze security --offline=true {}: exposure {s} (limit {MAX_EXPOSURE})",
+                unit.display()
+            );
+            passed += 1;
+        }
+        Ok((s, text)) => {
+            println!("  systemd-analyze security: exposure {s} above {MAX_EXPOSURE}: FAILED");
+            for l in text.lines().filter(|l| l.starts_with('✗')) {
+                println!("    {l}");
             }
+            failed += 1;
         }
         Err(e) => {
-            println!(
-                "  systemd-analyze security: cannot run ({e}; apt-get install systemd): FAILED"
-            );
+            println!("  systemd-analyze security: {e}: FAILED");
             failed += 1;
         }
     }

@@ -6,6 +6,7 @@
 //! * `e2e`  — the real `screengate` binary against the refusal matrix.
 //! * `demo` — the main job on the embedded default, step by step.
 //! * `harden` — release ELF checks and the systemd unit's exposure score.
+//! * `dist` — the Debian package (`target/dist/screengate_<version>_<arch>.deb`).
 //! * `fuzz` — libFuzzer on the parsers (`--smoke`: 10 s each, in ci).
 //! * `bench` — measurements (never assertions); see `docs/performance.md`.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ mod bench;
 mod bench_proxy;
 mod ci;
 mod demo;
+mod dist;
 mod e2e;
 mod fuzz;
 mod harden;
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Some("e2e-forge") => e2e::forge(args.get(1..).unwrap_or(&[])),
         Some("demo") => demo::run(),
         Some("harden") => harden::run(),
+        Some("dist") => dist::run(),
         Some("fuzz") => fuzz::run(args.get(1..).unwrap_or(&[])),
         Some("bench") => match setup::ensure(setup::Task::Bench) {
             Ok(Some(code)) => return ExitCode::from(code),
@@ -44,7 +47,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | e2e [FILTER] | demo | harden | fuzz [--smoke] | bench [proxy|launch]>"
+                "usage: cargo xtask <ci | e2e [FILTER] | demo | harden | dist | fuzz [--smoke] | bench [proxy|launch]>"
             );
             return ExitCode::from(64);
         }

@@ -22,6 +22,15 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// The packages whose release binaries `harden` checks and `dist` ships:
+/// one list, so the second build is a no-op (a different set of packages
+/// could unify features differently and rebuild).
+pub const RELEASE_PACKAGES: &[&str] = &[
+    "screengate-server",
+    "screengate-launcher",
+    "screengate-client",
+];
+
 /// Builds `packages` with the release profile; returns `<target>/release`.
 pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
     let mut cmd = cargo();

@@ -137,6 +137,18 @@ const NEEDS: &[Need] = &[
         "dist: build the .deb",
     ),
     apt(
+        "strip",
+        Probe::Program("strip"),
+        "binutils",
+        "dist: strip the packaged binaries",
+    ),
+    apt(
+        "shellcheck",
+        Probe::Program("shellcheck"),
+        "shellcheck",
+        "dist: lint the maintainer scripts",
+    ),
+    apt(
         "nginx",
         Probe::Program("nginx"),
         "nginx",
