@@ -17,8 +17,8 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod demo;
+mod gate;
 mod gateway;
-mod guard;
 mod limits;
 mod live;
 mod native;
@@ -29,6 +29,7 @@ pub mod privilege;
 mod proxy;
 mod roster;
 mod server;
+mod session;
 mod tls;
 mod web;
 

@@ -92,7 +92,7 @@ pub(crate) struct Shared {
     /// Live sessions, oldest first (`when_full = "replace_oldest"`).
     pub roster: Arc<crate::roster::Roster>,
     /// Tokens between verify and consume (one handshake per token).
-    pub claims: Arc<crate::roster::Claims>,
+    pub claims: Arc<crate::gate::Claims>,
 }
 
 impl Shared {
@@ -222,7 +222,7 @@ impl Server {
             native,
             backend,
             roster: Arc::new(crate::roster::Roster::default()),
-            claims: Arc::new(crate::roster::Claims::default()),
+            claims: Arc::new(crate::gate::Claims::default()),
             cfg,
         });
         Ok(Server {
@@ -353,7 +353,7 @@ fn status(shared: &Shared, last_reload: &Mutex<Option<String>>) -> String {
     let max = shared.cfg.max_sessions;
     let live = max.saturating_sub(shared.sessions.available_permits());
     let mut s = format!("{live} of {max} sessions");
-    if let Some(r) = crate::guard::last_refusal() {
+    if let Some(r) = crate::session::last_refusal() {
         s.push_str("; last refusal: ");
         s.push_str(r);
     }
