@@ -246,10 +246,13 @@ impl Backend {
                 }
             };
         let tls = matches!(self.spec, BackendSpec::Wss { .. });
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(url, io, Some(ws_config(self.max_message)))
-                .await
-                .map_err(|source| handshake_error(target, tls, source))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            url,
+            io,
+            Some(crate::limits::ws_config(self.max_message)),
+        )
+        .await
+        .map_err(|source| handshake_error(target, tls, source))?;
         Ok(ws)
     }
 }
@@ -319,16 +322,4 @@ pub(crate) fn build(
         uid: cfg.backend_uid,
         max_message: cfg.max_message_size,
     }))
-}
-
-/// The WebSocket limits used on every screengate-made connection.
-pub(crate) fn ws_config(
-    max_message: usize,
-) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
-        .read_buffer_size(crate::limits::WS_READ_BUFFER)
-        .write_buffer_size(crate::limits::WS_WRITE_BUFFER)
-        .max_write_buffer_size(crate::limits::ws_max_write_buffer(max_message))
 }

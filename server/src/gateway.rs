@@ -24,19 +24,26 @@ use tower::ServiceExt;
 use crate::gate::{Conn, Peer};
 use crate::limits::{MAX_REQUEST_HEAD, REQUEST_HEAD_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
 use crate::pending::{FirstByte, PendingSlot, Stage, first_byte_now};
-use crate::server::Shared;
+use crate::state::Shared;
 
+/// The WebSocket path to `session.rs`, everything else to the display app
+/// (`web.rs`, with only its own [`crate::web::Site`]); the security headers
+/// on every response.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let path = shared.cfg.path.clone();
-    Router::new()
-        .route(&path, get(crate::session::upgrade))
+    let path = shared.upgrade.path.clone();
+    let site = shared.site.clone();
+    let app = Router::new()
         .route("/", get(crate::web::index))
         .fallback(crate::web::static_file)
+        .with_state(site.clone());
+    Router::new()
+        .route(&path, get(crate::session::upgrade))
+        .with_state(shared)
+        .merge(app)
         .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
+            site,
             crate::web::security_headers,
         ))
-        .with_state(shared)
 }
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {

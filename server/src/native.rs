@@ -16,18 +16,10 @@ use crate::gate::{Conn, Peer};
 use crate::gateway::serve_http;
 use crate::limits::TLS_HANDSHAKE_TIMEOUT;
 use crate::pending::{PendingSlot, Stage};
-use crate::server::Shared;
-
-/// The native listener's own settings, resolved at bind time (its uid
-/// allow-list is live, its TLS comes with the identity's keys).
-#[derive(Debug)]
-pub(crate) struct Native {
-    /// Token required on the upgrade.
-    pub require_token: bool,
-}
+use crate::state::Shared;
 
 fn router(shared: Arc<Shared>) -> Router {
-    let path = shared.cfg.path.clone();
+    let path = shared.upgrade.path.clone();
     Router::new()
         .route(&path, get(crate::session::native_upgrade))
         .with_state(shared)

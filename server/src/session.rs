@@ -54,7 +54,7 @@ use crate::gate::{
     check_native_request, check_request, peer_uid_verdict,
 };
 use crate::live::Keys;
-use crate::server::Shared;
+use crate::state::Shared;
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -320,7 +320,7 @@ async fn admit(
         shutdown: shared.shutdown.clone(),
         revoked,
     };
-    let max_message = shared.cfg.max_message_size;
+    let max_message = shared.upgrade.max_message_size;
     ws.max_message_size(max_message)
         .max_frame_size(max_message)
         .read_buffer_size(crate::limits::WS_READ_BUFFER)
@@ -348,13 +348,13 @@ pub(crate) async fn upgrade(
         port: shared.port,
         listen_ip: shared.listen_ip,
         origins: &live.origins,
-        token_header: &shared.cfg.token_header,
+        token_header: &shared.upgrade.token_header,
     };
     let token = match check_request(&headers, &uri, &policy) {
         Ok(t) => t,
         Err(r) => return refuse(&conn.peer, Some(uid), r, None),
     };
-    let require = shared.cfg.gateway_require_token;
+    let require = shared.upgrade.gateway_require_token;
     admit(
         shared.clone(),
         conn,
@@ -379,7 +379,7 @@ pub(crate) async fn native_upgrade(
         Peer::Unix { uid, .. } => Some(*uid),
         Peer::Tcp(_) => None,
     };
-    let token = match check_native_request(&headers, &uri, &shared.cfg.token_header) {
+    let token = match check_native_request(&headers, &uri, &shared.upgrade.token_header) {
         Ok(t) => t,
         Err(r) => return refuse(&conn.peer, uid, r, None),
     };
