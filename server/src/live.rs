@@ -53,10 +53,10 @@ impl Live {
     pub fn new(cfg: &Config, uid: u32, port: u16) -> Live {
         let allowed_uids = cfg.allowed_uids.clone().unwrap_or_else(|| vec![uid]);
         Live {
-            origins: cfg
-                .allowed_origins
-                .clone()
-                .unwrap_or_else(|| vec![format!("https://localhost:{port}")]),
+            origins: cfg.allowed_origins.as_ref().map_or_else(
+                || vec![format!("https://localhost:{port}")],
+                |list| list.iter().map(|o| o.as_str().to_owned()).collect(),
+            ),
             allowed_peer_uids: cfg
                 .allowed_peer_uids
                 .clone()

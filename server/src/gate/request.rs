@@ -236,6 +236,14 @@ mod tests {
     }
 
     #[test]
+    fn native_uid_must_be_listed() {
+        assert!(uid_allowed(1000, &[1000]));
+        assert!(!uid_allowed(1001, &[1000]));
+        assert!(!uid_allowed(0, &[1000]));
+        assert!(!uid_allowed(1000, &[]));
+    }
+
+    #[test]
     fn peer_uid_lookup_failure_is_refused_never_allowed() {
         for allowed in [&[1000][..], &[0], &[]] {
             let (r, uid) = peer_uid_verdict(None, allowed).unwrap_err();
