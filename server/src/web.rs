@@ -54,14 +54,14 @@ pub(crate) async fn security_headers(
     res
 }
 
-pub(crate) async fn index(State(site): State<Arc<Site>>) -> Response {
+pub(crate) async fn index(site: Arc<Site>) -> Response {
     match &site.web_root {
         None => Html(DEMO_HTML.replace("{{WS_PATH}}", &site.ws_path)).into_response(),
         Some(root) => serve_file(root, "index.html").await,
     }
 }
 
-pub(crate) async fn static_file(State(site): State<Arc<Site>>, uri: Uri) -> Response {
+pub(crate) async fn static_file(site: Arc<Site>, uri: Uri) -> Response {
     let path = uri.path().trim_start_matches('/');
     match &site.web_root {
         None => match path {
