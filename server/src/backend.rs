@@ -6,8 +6,9 @@
 //! `backend_uid` must own the backend's socket (SO_PEERCRED for `unix:`,
 //! the kernel's socket table for the peer end of our loopback connection),
 //! and for `wss://` the SDK's certificate is verified (`backend_tls.rs`).
-//! Every failure has a typed audit reason ([`BackendError::reason`]); the
-//! guard turns each into a 503 with the token kept.
+//! Every failure has a typed audit reason ([`BackendError::reason`]);
+//! `session.rs` turns each into a 503 with the token kept. A success is a
+//! [`BackendConnected`], which nothing else can make (`backend/proof.rs`).
 //!
 //! Neither the token nor the client's Origin is forwarded: the backend
 //! trusts its socket's permissions, and screengate is the only thing that
@@ -24,6 +25,9 @@ use tokio_tungstenite::WebSocketStream;
 use crate::backend_tls::{TlsFailure, classify_io};
 use crate::config::BackendSpec;
 use crate::limits::BACKEND_CONNECT_TIMEOUT;
+
+pub(crate) mod proof;
+use proof::BackendConnected;
 
 /// Anything a WebSocket can run over.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send {}
@@ -126,11 +130,13 @@ impl BackendError {
 }
 
 impl Backend {
-    /// Connects one backend session, within [`BACKEND_CONNECT_TIMEOUT`].
-    pub async fn connect(&self) -> Result<BackendStream, BackendError> {
+    /// Connects one backend session, within [`BACKEND_CONNECT_TIMEOUT`]:
+    /// the only place a [`BackendConnected`] is made, after the transport,
+    /// `backend_uid`, TLS and the upgrade all passed.
+    pub async fn connect(&self) -> Result<BackendConnected<BackendStream>, BackendError> {
         let target = self.spec.to_string();
         match tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, self.connect_inner()).await {
-            Ok(r) => r,
+            Ok(r) => r.map(BackendConnected::new),
             Err(_) => Err(BackendError::Timeout { target }),
         }
     }
@@ -240,10 +246,13 @@ impl Backend {
                 }
             };
         let tls = matches!(self.spec, BackendSpec::Wss { .. });
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(url, io, Some(ws_config(self.max_message)))
-                .await
-                .map_err(|source| handshake_error(target, tls, source))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            url,
+            io,
+            Some(crate::limits::ws_config(self.max_message)),
+        )
+        .await
+        .map_err(|source| handshake_error(target, tls, source))?;
         Ok(ws)
     }
 }
@@ -313,16 +322,4 @@ pub(crate) fn build(
         uid: cfg.backend_uid,
         max_message: cfg.max_message_size,
     }))
-}
-
-/// The WebSocket limits used on every screengate-made connection.
-pub(crate) fn ws_config(
-    max_message: usize,
-) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
-        .read_buffer_size(crate::limits::WS_READ_BUFFER)
-        .write_buffer_size(crate::limits::WS_WRITE_BUFFER)
-        .max_write_buffer_size(crate::limits::ws_max_write_buffer(max_message))
 }

@@ -345,8 +345,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// WebSocket path.
     pub path: String,
-    /// Allowed origins; `None` means "`https://localhost:<bound port>`".
-    pub allowed_origins: Option<Vec<String>>,
+    /// Allowed origins, parsed; `None` means "`https://localhost:<bound port>`".
+    pub allowed_origins: Option<Vec<Origin>>,
     /// Backend.
     pub backend: BackendSpec,
     /// `[backend_tls]`, resolved (present exactly for `wss://`).
@@ -642,23 +642,27 @@ impl Config {
         }
 
         let origins_flag = !o.origins.is_empty();
-        let allowed_origins = if origins_flag {
+        let origin_texts = if origins_flag {
             Some(o.origins)
         } else {
             file.gateway.allowed_origins
         };
-        if let Some(list) = &allowed_origins {
-            if list.is_empty() {
+        let allowed_origins = match origin_texts {
+            None => None,
+            Some(list) if list.is_empty() => {
                 return Err(invalid(
                     origins_flag,
                     "allowed_origins",
                     "must not be empty".into(),
                 ));
             }
-            for origin in list {
-                validate_origin(origin).map_err(|m| invalid(origins_flag, "allowed_origins", m))?;
-            }
-        }
+            Some(list) => Some(
+                list.into_iter()
+                    .map(Origin::try_from)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| invalid(origins_flag, "allowed_origins", m))?,
+            ),
+        };
 
         let backend_flag = o.backend.is_some();
         let backend_text = o
@@ -916,25 +920,72 @@ impl Config {
     }
 }
 
-fn validate_origin(origin: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "`{origin}` {why}; expected scheme://host:port, e.g. https://localhost:8933"
-        ))
-    };
-    if origin == "null" || origin == "*" {
-        return bad("proves nothing about the page");
+/// An allowed `Origin`, parsed: `http(s)://host[:port]` exactly as a
+/// browser serialises one (the gateway compares it byte for byte, so a form
+/// no browser sends could never match and is refused here instead): ASCII,
+/// a host, and a port, when present, in decimal 1–65535 without leading
+/// zeros. A default port is left to the operator (browsers omit it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin(String);
+
+impl Origin {
+    /// The origin as the browser sends it.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    let Some((scheme, rest)) = origin.split_once("://") else {
-        return bad("has no scheme");
-    };
-    if scheme != "https" && scheme != "http" {
-        return bad("is not http(s)");
+}
+
+impl TryFrom<String> for Origin {
+    type Error = String;
+
+    fn try_from(origin: String) -> Result<Origin, String> {
+        let bad = |why: &str| {
+            Err(format!(
+                "`{origin}` {why}; expected scheme://host:port, e.g. https://localhost:8933"
+            ))
+        };
+        if origin == "null" || origin == "*" {
+            return bad("proves nothing about the page");
+        }
+        let Some((scheme, rest)) = origin.split_once("://") else {
+            return bad("has no scheme");
+        };
+        if scheme != "https" && scheme != "http" {
+            return bad("is not http(s)");
+        }
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) || !origin.is_ascii() {
+            return bad("is not a bare origin");
+        }
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let Some((inner, after)) = v6.split_once(']') else {
+                    return bad("has an unclosed `[`");
+                };
+                match after.strip_prefix(':') {
+                    Some(p) => (inner, Some(p)),
+                    None if after.is_empty() => (inner, None),
+                    None => return bad("is not a bare origin"),
+                }
+            }
+            None => match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            },
+        };
+        if host.is_empty() {
+            return bad("has no host");
+        }
+        if let Some(p) = port {
+            let canonical = !p.is_empty()
+                && p.len() <= 5
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && !p.starts_with('0');
+            if !canonical || p.parse::<u16>().is_err() {
+                return bad("has a port that is not a number from 1 to 65535");
+            }
+        }
+        Ok(Origin(origin))
     }
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) || !origin.is_ascii() {
-        return bad("is not a bare origin");
-    }
-    Ok(())
 }
 
 fn parse_token_header(text: &str) -> Result<HeaderName, String> {
@@ -1332,6 +1383,62 @@ group = "display"
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn an_origin_port_that_is_not_a_number_is_refused_naming_the_key() {
+        let e = resolve(
+            "[gateway]\nallowed_origins = [\"https://localhost:abc\"]",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("allowed_origins"), "{e}");
+        assert!(e.contains("https://localhost:abc"), "{e}");
+        assert!(e.contains("port"), "{e}");
+        assert!(e.contains("/etc/screengate.toml"), "{e}");
+        for bad in [
+            "https://localhost:",
+            "https://localhost:0",
+            "https://localhost:08933",
+            "https://localhost:65536",
+            "https://localhost:999999",
+            "https://localhost:+8933",
+            "https://localhost:-1",
+            "https://localhost:89 33",
+            "https://:8933",
+            "https://[::1",
+            "https://[::1]x",
+            "https://[::1]:abc",
+            "https://[]:8933",
+        ] {
+            let o = Overrides {
+                origins: vec![bad.into()],
+                ..Default::default()
+            };
+            let e = resolve("", o).unwrap_err().to_string();
+            assert!(e.contains("allowed_origins"), "{bad}: {e}");
+        }
+        for good in [
+            "https://localhost:8933",
+            "https://[::1]:8933",
+            "https://127.0.0.1:1",
+            "https://localhost:65535",
+            "https://example.com",
+        ] {
+            let o = Overrides {
+                origins: vec![good.into()],
+                ..Default::default()
+            };
+            let c = resolve("", o).unwrap();
+            let got: Vec<&str> = c
+                .allowed_origins
+                .iter()
+                .flatten()
+                .map(Origin::as_str)
+                .collect();
+            assert_eq!(got, [good]);
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::audit;
 use crate::config::MintRate;
 use crate::limits::{CONTROL_IDLE_TIMEOUT, MAX_CONTROL_CONNECTIONS, MAX_CONTROL_LINE, WRITE_STALL};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// A parsed control request.
 #[derive(Debug, Clone, PartialEq, Eq)]

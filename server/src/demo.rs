@@ -19,7 +19,7 @@ const STATES: [&str; 4] = ["IDLE", "LISTENING", "THINKING", "SPEAKING"];
 /// and only a full queue stops the reader. A peer that takes nothing for
 /// [`WRITE_STALL`] is dropped.
 pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(io: S, max_message: usize) {
-    let cfg = crate::backend::ws_config(max_message);
+    let cfg = crate::limits::ws_config(max_message);
     let handshake = tokio_tungstenite::accept_async_with_config(io, Some(cfg));
     let Ok(Ok(ws)) = tokio::time::timeout(crate::limits::REQUEST_HEAD_TIMEOUT, handshake).await
     else {

@@ -1,6 +1,8 @@
 //! The TLS gateway: accept, bound the unauthenticated, handshake, serve
 //! HTTP/1.1 with upgrades, route `/` to the display app and the WebSocket
-//! path to the guard.
+//! path to `session.rs`. It decides nothing: what it found out (peer
+//! address, whether TLS verified the pinned client certificate) rides in
+//! each request's extensions as a `gate::Conn`.
 //!
 //! Invariant: a connection is "pending" from accept until it ends or its
 //! upgrade hands it to a session; the `pending` registry bounds them and
@@ -19,42 +21,27 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tower::ServiceExt;
 
+use crate::gate::{Conn, Peer};
 use crate::limits::{MAX_REQUEST_HEAD, REQUEST_HEAD_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
 use crate::pending::{FirstByte, PendingSlot, Stage, first_byte_now};
-use crate::server::Shared;
+use crate::state::Shared;
 
-/// Who is on the other end, inserted into every request's extensions.
-#[derive(Debug, Clone)]
-pub(crate) enum Peer {
-    /// A TCP peer on the TLS listener.
-    Tcp(SocketAddr),
-    /// A native client on the Unix socket (the kernel's SO_PEERCRED).
-    Unix {
-        /// Peer uid.
-        uid: u32,
-        /// Peer pid, when known.
-        pid: Option<i32>,
-    },
-}
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Peer::Tcp(a) => write!(f, "{a}"),
-            Peer::Unix { uid, pid: Some(p) } => write!(f, "uid {uid} pid {p}"),
-            Peer::Unix { uid, pid: None } => write!(f, "uid {uid}"),
-        }
-    }
-}
-
+/// The WebSocket path to `session.rs`, everything else to the display app
+/// (`web.rs`, with only its own [`crate::web::Site`]); the security headers
+/// on every response.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let path = shared.cfg.path.clone();
+    let path = shared.upgrade.path.clone();
+    let site = shared.site.clone();
+    let (index, files) = (site.clone(), site.clone());
+    // One router state type (a second one, `Router<Arc<Site>>` merged in,
+    // cost 20+ KiB of monomorphised axum code): the app's handlers get
+    // their `Site` by capture instead.
     Router::new()
-        .route(&path, get(crate::guard::upgrade))
-        .route("/", get(crate::web::index))
-        .fallback(crate::web::static_file)
+        .route(&path, get(crate::session::upgrade))
+        .route("/", get(move || crate::web::index(index.clone())))
+        .fallback(move |uri: http::Uri| crate::web::static_file(files.clone(), uri))
         .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
+            site,
             crate::web::security_headers,
         ))
         .with_state(shared)
@@ -136,7 +123,11 @@ async fn connection(
             Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return }
         },
     };
-    serve_http(shared, router, tls, Peer::Tcp(peer), evicted).await;
+    let conn = Conn {
+        peer: Peer::Tcp(peer),
+        client_cert: crate::tls::client_cert_pinned(&tls),
+    };
+    serve_http(shared, router, tls, conn, evicted).await;
 }
 
 /// Serves HTTP/1.1 with upgrades on an established (TLS or Unix) stream,
@@ -145,13 +136,14 @@ pub(crate) async fn serve_http<I>(
     shared: Arc<Shared>,
     router: Router,
     io: I,
-    peer: Peer,
+    conn: Conn,
     mut evicted: oneshot::Receiver<()>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let mut shutdown = shared.shutdown.clone();
-    let ext = peer.clone();
+    let peer = conn.peer.clone();
+    let ext = conn;
     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ext.clone());
         router.clone().oneshot(req)

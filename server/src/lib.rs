@@ -17,8 +17,9 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod demo;
+mod error;
+mod gate;
 mod gateway;
-mod guard;
 mod limits;
 mod live;
 mod native;
@@ -26,15 +27,19 @@ pub mod peer_uid;
 mod pending;
 pub mod privilege;
 mod proxy;
+mod reload;
 mod roster;
 mod server;
+mod session;
+mod state;
 mod tls;
 mod web;
 
 pub use config::{BackendSpec, Config, ConfigError, Overrides};
+pub use error::ServerError;
 pub use limits::*;
 pub use live::Reloader;
-pub use server::{Server, ServerError, run};
+pub use server::{Server, run};
 
 /// Small helpers on identity outcomes for the command line.
 pub trait InitOutcomeExt {

@@ -98,3 +98,15 @@ pub const DEMO_ECHO_QUEUE: usize = 64;
 /// The gateway's listen backlog (the kernel caps it at
 /// `net.core.somaxconn`, 4096 on Debian 12).
 pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// The WebSocket limits used on every screengate-made connection.
+pub(crate) fn ws_config(
+    max_message: usize,
+) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_write_buffer_size(ws_max_write_buffer(max_message))
+}

@@ -1,5 +1,5 @@
 //! What a reload (SIGHUP, `systemctl reload`) may change while sessions
-//! stay open, and the reload itself.
+//! stay open; the reload itself is `reload.rs`.
 //!
 //! A reload re-reads the configuration exactly as the server read it at
 //! start (the same file under the same trust rule, the same command-line
@@ -21,14 +21,13 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use screengate_identity::fsutil;
-use screengate_identity::{Identity, StateDir};
+use screengate_identity::Identity;
 use screengate_token::{Authority, MonotonicClock};
 use tokio_rustls::TlsAcceptor;
 use tracing::level_filters::LevelFilter;
 
 use crate::config::{Config, ConfigError, MintRate, NativeTls, WhenFull};
-use crate::server::{ServerError, Shared};
+use crate::error::ServerError;
 
 /// The settings a reload swaps in at once; readers take a snapshot
 /// ([`Swap::get`]) and use it for one request.
@@ -54,10 +53,10 @@ impl Live {
     pub fn new(cfg: &Config, uid: u32, port: u16) -> Live {
         let allowed_uids = cfg.allowed_uids.clone().unwrap_or_else(|| vec![uid]);
         Live {
-            origins: cfg
-                .allowed_origins
-                .clone()
-                .unwrap_or_else(|| vec![format!("https://localhost:{port}")]),
+            origins: cfg.allowed_origins.as_ref().map_or_else(
+                || vec![format!("https://localhost:{port}")],
+                |list| list.iter().map(|o| o.as_str().to_owned()).collect(),
+            ),
             allowed_peer_uids: cfg
                 .allowed_peer_uids
                 .clone()
@@ -140,7 +139,8 @@ impl<T> Swap<T> {
             .clone()
     }
 
-    fn set(&self, v: T) {
+    /// Replaces the value; snapshots taken before keep the old one.
+    pub fn set(&self, v: T) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(v);
     }
 }
@@ -175,128 +175,4 @@ pub(crate) enum Outcome {
     },
     /// Refused; the configuration in force is unchanged.
     Refused(Vec<String>),
-}
-
-/// One reload: load, validate, apply. Blocking file I/O; called off the
-/// event loop.
-pub(crate) fn reload(shared: &Shared, reloader: &Reloader) -> Outcome {
-    let new = match (reloader.load)() {
-        Ok(c) => c,
-        Err(e) => return Outcome::Refused(vec![e.to_string()]),
-    };
-    let problems = crate::commands::check(Ok(new.clone()));
-    if !problems.is_empty() {
-        return Outcome::Refused(problems);
-    }
-    let uid = fsutil::euid();
-    let identity =
-        match StateDir::new(&shared.cfg.state_dir, shared.cfg.credentials_dir.clone()).load() {
-            Ok(id) => id,
-            Err(e) => return Outcome::Refused(vec![e.to_string()]),
-        };
-    let old = shared.keys();
-    let rotated = identity.server_pin.to_string() != old.server_pin
-        || identity.client_pin.to_string() != old.client_pin
-        || !old.authority.is_keyed_by(&identity.device_key);
-    let need_restart = restart_keys(&shared.cfg, &new);
-    // Applied on top of the configuration the server runs (`shared.cfg`):
-    // only the live keys come from the new file.
-    let live = Live::new(&new, uid, shared.port);
-    let before = shared.live();
-    let mut changed = live_changes(&before, &live);
-    if new.token_ttl != old.authority.ttl() {
-        changed.push("ttl");
-    }
-    if new.log_level != *shared.log_level.get() {
-        changed.push("log_level");
-    }
-    let keys = if rotated {
-        match Keys::new(&identity, &shared.cfg) {
-            Ok(k) => Some(k),
-            Err(e) => return Outcome::Refused(vec![e.to_string()]),
-        }
-    } else {
-        None
-    };
-    drop(identity);
-    let authority_ttl = keys.as_ref().map_or(&old.authority, |k| &k.authority);
-    if let Err(e) = authority_ttl.set_ttl(new.token_ttl) {
-        return Outcome::Refused(vec![format!("ttl: {e}")]);
-    }
-    shared.live.set(live);
-    shared.log_level.set(new.log_level);
-    (reloader.set_log_level)(new.log_level);
-    if let Some(k) = keys {
-        shared.keys.set(k);
-        // As on a restart: the old identity's tokens are dead (another key,
-        // another run) and its sessions end.
-        old.authority.revoke_all();
-        shared.revoked_all.send_modify(|n| *n = n.wrapping_add(1));
-    }
-    Outcome::Applied {
-        changed,
-        need_restart,
-        rotated,
-    }
-}
-
-fn live_changes(a: &Live, b: &Live) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    let mut diff = |name, changed: bool| {
-        if changed {
-            v.push(name);
-        }
-    };
-    diff("allowed_origins", a.origins != b.origins);
-    diff("allowed_uids", a.allowed_uids != b.allowed_uids);
-    diff(
-        "allowed_peer_uids",
-        a.allowed_peer_uids != b.allowed_peer_uids,
-    );
-    diff(
-        "native.allowed_uids",
-        a.native_allowed_uids != b.native_allowed_uids,
-    );
-    diff("when_full", a.when_full != b.when_full);
-    diff("mint_rate", a.mint_rate != b.mint_rate);
-    v
-}
-
-/// The keys that changed between `a` and `b` and that only a restart
-/// applies: what is bound, what is connected, what was dropped to.
-fn restart_keys(a: &Config, b: &Config) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    let mut diff = |name, changed: bool| {
-        if changed {
-            v.push(name);
-        }
-    };
-    let native = |c: &Config| {
-        c.native
-            .as_ref()
-            .map(|n| (n.socket.clone(), n.group.clone(), n.tls, n.require_token))
-    };
-    diff("listen", a.listen != b.listen);
-    diff("state_dir", a.state_dir != b.state_dir);
-    diff("user", a.user != b.user);
-    diff("path", a.path != b.path);
-    diff("backend", a.backend != b.backend);
-    diff("backend_tls", a.backend_tls != b.backend_tls);
-    diff("backend_uid", a.backend_uid != b.backend_uid);
-    diff("web_root", a.web_root != b.web_root);
-    diff("max_message_size", a.max_message_size != b.max_message_size);
-    diff("max_sessions", a.max_sessions != b.max_sessions);
-    diff("header", a.token_header != b.token_header);
-    diff("control.socket", a.control_socket != b.control_socket);
-    diff("control.group", a.control_group != b.control_group);
-    diff(
-        "client_auth",
-        a.gateway_client_auth != b.gateway_client_auth,
-    );
-    diff(
-        "require_token",
-        a.gateway_require_token != b.gateway_require_token,
-    );
-    diff("native", native(a) != native(b));
-    v
 }

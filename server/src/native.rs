@@ -2,7 +2,9 @@
 //! no browser): the kernel's peer uid must be allowed, then TLS if
 //! configured (server, or mutual with the device client certificate pinned
 //! by exact SPKI), then the same WebSocket upgrade and proxy as the TLS
-//! path, minus Origin and Host (there is no browser to speak for).
+//! path, minus Origin and Host (there is no browser to speak for). It
+//! decides nothing itself: the uid verdict is the gate's (asked through
+//! `session.rs`), the upgrade is `session.rs`'s.
 
 use std::sync::Arc;
 
@@ -10,23 +12,16 @@ use axum::Router;
 use axum::routing::get;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::gateway::{Peer, serve_http};
+use crate::gate::{Conn, Peer};
+use crate::gateway::serve_http;
 use crate::limits::TLS_HANDSHAKE_TIMEOUT;
 use crate::pending::{PendingSlot, Stage};
-use crate::server::Shared;
-
-/// The native listener's own settings, resolved at bind time (its uid
-/// allow-list is live, its TLS comes with the identity's keys).
-#[derive(Debug)]
-pub(crate) struct Native {
-    /// Token required on the upgrade.
-    pub require_token: bool,
-}
+use crate::state::Shared;
 
 fn router(shared: Arc<Shared>) -> Router {
-    let path = shared.cfg.path.clone();
+    let path = shared.upgrade.path.clone();
     Router::new()
-        .route(&path, get(crate::guard::native_upgrade))
+        .route(&path, get(crate::session::native_upgrade))
         .with_state(shared)
 }
 
@@ -76,8 +71,7 @@ async fn connection(
         uid: cred.uid(),
         pid: cred.pid(),
     };
-    if !shared.live().native_allowed_uids.contains(&cred.uid()) {
-        crate::audit!(warn, event = "rejected", reason = "uid_not_allowed", listener = "native", peer = %peer);
+    if !crate::session::native_peer_allowed(&shared, &peer, cred.uid()) {
         return;
     }
     slot.advance(Stage::Handshaking);
@@ -85,7 +79,11 @@ async fn connection(
     match &native_tls {
         None => {
             slot.advance(Stage::Tls);
-            serve_http(shared.clone(), router, stream, peer, evicted).await
+            let conn = Conn {
+                peer,
+                client_cert: None,
+            };
+            serve_http(shared.clone(), router, stream, conn, evicted).await
         }
         Some(acceptor) => {
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -104,7 +102,11 @@ async fn connection(
                     return;
                 }
             };
-            serve_http(shared.clone(), router, tls, peer, evicted).await;
+            let conn = Conn {
+                client_cert: crate::tls::client_cert_pinned(&tls),
+                peer,
+            };
+            serve_http(shared.clone(), router, tls, conn, evicted).await;
         }
     }
 }

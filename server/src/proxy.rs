@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame as TCloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::backend::BackendStream;
-use crate::guard::Session;
+use crate::gate::{Peer, Session};
 pub use crate::limits::{CLOSE_DEADLINE, IDLE_TIMEOUT, PING_INTERVAL, WRITE_STALL};
 
 /// WebSocket close: normal (replaced by a newer session).
@@ -441,13 +441,35 @@ async fn finish_backend(
     .await;
 }
 
-pub(crate) async fn run(
+/// What ends a session besides its two peers, and who it is for the log.
+#[derive(Debug)]
+pub(crate) struct Ends {
+    /// The client, for the audit line.
+    pub peer: Peer,
+    /// Notified when a newer session replaces this one.
+    pub replaced: std::sync::Arc<tokio::sync::Notify>,
+    /// Server shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// Bumped by a control `revoke all`.
+    pub revoked: watch::Receiver<u64>,
+}
+
+/// Moves frames both ways until the session ends; `keep` (the session's
+/// slot and roster place) is held until then and dropped last.
+pub(crate) async fn run<K: Send>(
     client: WebSocket,
-    backend: BackendStream,
-    session: Session,
-    mut shutdown: watch::Receiver<bool>,
-    mut revoked: watch::Receiver<u64>,
+    session: Session<BackendStream>,
+    ends: Ends,
+    keep: K,
 ) {
+    let label = session.label();
+    let (backend, _auth) = session.into_parts();
+    let Ends {
+        peer,
+        replaced,
+        mut shutdown,
+        mut revoked,
+    } = ends;
     let (c_tx, c_rx) = client.split();
     let (b_tx, b_rx) = backend.split();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -482,7 +504,6 @@ pub(crate) async fn run(
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut up_done = None;
     let mut down_done = None;
-    let replaced = session.replaced();
     let ending = loop {
         tokio::select! {
             () = replaced.notified() => break ending(
@@ -545,9 +566,9 @@ pub(crate) async fn run(
         finish(Some(c_tx), ending.to_client),
         finish_backend(b_tx, b_rx, ending.to_backend),
     );
-    let id = session.label();
-    crate::audit!(info, event = "session_closed", peer = %session.peer, token_id = %id,
+    crate::audit!(info, event = "session_closed", peer = %peer, token_id = %label,
         end = ending.end, to_backend = up_moved, to_client = down_moved);
+    drop(keep);
 }
 
 #[cfg(test)]

@@ -3,61 +3,15 @@
 //! consumed and leaves when its [`Entry`] drops (its proxy ended); asking
 //! is a [`Notify`] the session's proxy supervisor selects on.
 //!
-//! Beside it, [`Claims`]: the tokens being admitted right now. Between
-//! verify and consume a handshake waits for a slot, maybe replaces the
-//! oldest session and connects the backend; a token may be in that window
-//! only once, so N racing copies of one token can neither replace N
-//! sessions nor hold N of the SDK's connections.
-//!
-//! What it leaves to others: who may trigger a replacement (the guard,
-//! after the token verified and was claimed) and closing the session
-//! (proxy.rs).
+//! What it leaves to others: who may trigger a replacement (`session.rs`,
+//! after the token verified and was claimed: `gate::Claims`), what pays
+//! for it (`gate::Admission::spend`) and closing the session (proxy.rs).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use screengate_token::TokenId;
 use tokio::sync::Notify;
-
-/// Tokens between verify and consume. Bounded by the handshakes in
-/// flight, which the pending pools bound.
-#[derive(Debug, Default)]
-pub(crate) struct Claims {
-    held: Mutex<HashSet<TokenId>>,
-}
-
-/// One token's claim; released on drop (admitted, refused or cancelled).
-#[derive(Debug)]
-pub(crate) struct Claim {
-    id: TokenId,
-    claims: Arc<Claims>,
-}
-
-impl Claims {
-    /// Claims `id`, or `None` when another handshake holds it.
-    pub fn claim(self: &Arc<Self>, id: TokenId) -> Option<Claim> {
-        let fresh = self
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id);
-        fresh.then(|| Claim {
-            id,
-            claims: self.clone(),
-        })
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.claims
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.id);
-    }
-}
 
 /// The live sessions, oldest first (ids only grow).
 #[derive(Debug, Default)]
@@ -142,35 +96,6 @@ impl Drop for Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_token_is_claimed_once_until_its_claim_drops() {
-        use screengate_token::{Authority, Channel, DeviceKey, ManualClock};
-        let auth = Authority::new(
-            &DeviceKey::from_bytes([7; 32]),
-            std::time::Duration::from_secs(30),
-            ManualClock::new(),
-        )
-        .unwrap();
-        let id = |_| {
-            let t = auth.mint(Channel::Display).unwrap();
-            auth.verify(t.token.expose_secret(), Channel::Display)
-                .unwrap()
-                .id()
-        };
-        let c = Arc::new(Claims::default());
-        let (a, b) = (id(0), id(1));
-        let first = c.claim(a).unwrap();
-        assert!(c.claim(a).is_none(), "a second claim of one token");
-        assert!(c.claim(a).is_none(), "still held");
-        let other = c.claim(b).unwrap();
-        drop(first);
-        let again = c.claim(a).unwrap();
-        assert!(c.claim(b).is_none());
-        drop(other);
-        drop(again);
-        assert!(c.held.lock().unwrap().is_empty());
-    }
 
     #[test]
     fn nothing_is_replaced_unless_paid_and_nothing_paid_for_nothing() {

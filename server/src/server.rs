@@ -3,116 +3,25 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
+use screengate_identity::StateDir;
 use screengate_identity::fsutil::{self, Kind};
-use screengate_identity::{IdentityError, StateDir};
-use screengate_token::AuthorityError;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::info;
 
 use crate::config::Config;
 use crate::control::RateLimiter;
+use crate::error::ServerError;
 use crate::limits::SHUTDOWN_GRACE;
 use crate::live::{Keys, Live, Outcome, Reloader, Swap};
 use crate::pending::Pending;
-
-/// Why the server refused to start. Each names the file or address.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The device identity could not be created or loaded.
-    #[error(transparent)]
-    Identity(#[from] IdentityError),
-    /// Files are owned or permitted wrongly (every problem, one per line).
-    #[error("refusing to start: unsafe file permissions:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
-    Permissions(Vec<IdentityError>),
-    /// A listener could not be bound.
-    #[error("{what} {addr}: {source}")]
-    Bind {
-        /// Which listener.
-        what: &'static str,
-        /// Its address or path.
-        addr: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The control socket path is unsafe to create or replace.
-    #[error("{path}: {what}")]
-    SocketPath {
-        /// The socket path or its directory.
-        path: PathBuf,
-        /// What is wrong and how to fix it.
-        what: String,
-    },
-    /// The TLS configuration was refused by rustls.
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
-    /// The token authority could not be built.
-    #[error("token authority: {0}")]
-    Token(#[from] AuthorityError),
-    /// `[backend_tls]` could not be loaded (names the file, never its content).
-    #[error(transparent)]
-    BackendTls(#[from] crate::backend_tls::BackendTlsError),
-}
-
-/// State shared by every task of one server run.
-pub(crate) struct Shared {
-    /// The configuration the server started with. A reload never changes
-    /// it: what it may change lives in `live`, `keys` and `log_level`.
-    pub cfg: Config,
-    /// Origins, uids, `when_full`, mint rate: swapped by a reload.
-    pub live: Swap<Live>,
-    /// Token authority and TLS of the device identity: swapped when a
-    /// reload finds it rotated.
-    pub keys: Swap<Keys>,
-    /// The configured log level in force (`None`: as started).
-    pub log_level: Swap<Option<tracing::level_filters::LevelFilter>>,
-    pub port: u16,
-    pub listen_ip: IpAddr,
-    pub token_header_display: String,
-    pub sessions: Arc<Semaphore>,
-    pub shutdown: watch::Receiver<bool>,
-    /// Bumped by a control `revoke all`: every live session closes.
-    pub revoked_all: watch::Sender<u64>,
-    /// Pending connections of the TLS gateway.
-    pub pending: Arc<Pending>,
-    /// Pending connections of the native listener: its own pool, so a
-    /// flood on one listener never evicts the other's clients.
-    pub native_pending: Arc<Pending>,
-    pub rate: Mutex<RateLimiter>,
-    pub csp: HeaderValue,
-    pub native: Option<crate::native::Native>,
-    /// The backend, with its TLS connector and uid check.
-    pub backend: Arc<crate::backend::Backend>,
-    /// Live sessions, oldest first (`when_full = "replace_oldest"`).
-    pub roster: Arc<crate::roster::Roster>,
-    /// Tokens between verify and consume (one handshake per token).
-    pub claims: Arc<crate::roster::Claims>,
-    /// The state dir's serving lock, held while the server lives
-    /// (`screengate reset` refuses meanwhile).
-    pub _serving: screengate_identity::ServingLock,
-}
-
-impl Shared {
-    /// A snapshot of the live settings, for one request.
-    pub fn live(&self) -> Arc<Live> {
-        self.live.get()
-    }
-
-    /// A snapshot of the identity's keys, for one handshake or request.
-    pub fn keys(&self) -> Arc<Keys> {
-        self.keys.get()
-    }
-
-    pub fn origin(&self) -> String {
-        format!("https://localhost:{}", self.port)
-    }
-}
+use crate::state::{Native, Shared, Upgrade};
 
 /// A bound, not yet serving, server.
 pub struct Server {
@@ -184,7 +93,7 @@ impl Server {
             None => None,
             Some(n) => Some(bind_private_socket(&n.socket, n.group.as_deref(), uid)?),
         };
-        let native = cfg.native.as_ref().map(|n| crate::native::Native {
+        let native = cfg.native.as_ref().map(|n| Native {
             require_token: n.require_token,
         });
 
@@ -223,11 +132,21 @@ impl Server {
             rate: Mutex::new(RateLimiter {
                 buckets: HashMap::new(),
             }),
-            csp,
+            site: Arc::new(crate::web::Site {
+                csp,
+                web_root: cfg.web_root.clone(),
+                ws_path: cfg.path.clone(),
+            }),
             native,
+            upgrade: Upgrade {
+                path: cfg.path.clone(),
+                token_header: cfg.token_header.clone(),
+                max_message_size: cfg.max_message_size,
+                gateway_require_token: cfg.gateway_require_token,
+            },
             backend,
             roster: Arc::new(crate::roster::Roster::default()),
-            claims: Arc::new(crate::roster::Claims::default()),
+            claims: Arc::new(crate::gate::Claims::default()),
             _serving: serving,
             cfg,
         });
@@ -312,9 +231,12 @@ impl Server {
                 while requests.recv().await.is_some() {
                     let (s, r) = (shared.clone(), reloader.clone());
                     // File reads and key parsing: off the event loop.
-                    let outcome = tokio::task::spawn_blocking(move || crate::live::reload(&s, &r))
-                        .await
-                        .unwrap_or_else(|e| Outcome::Refused(vec![format!("reload task: {e}")]));
+                    let outcome =
+                        tokio::task::spawn_blocking(move || crate::reload::reload(&s, &r))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Outcome::Refused(vec![format!("reload task: {e}")])
+                            });
                     let line = log_reload(&outcome);
                     *last_reload
                         .lock()
@@ -359,7 +281,7 @@ fn status(shared: &Shared, last_reload: &Mutex<Option<String>>) -> String {
     let max = shared.cfg.max_sessions;
     let live = max.saturating_sub(shared.sessions.available_permits());
     let mut s = format!("{live} of {max} sessions");
-    if let Some(r) = crate::guard::last_refusal() {
+    if let Some(r) = crate::session::last_refusal() {
         s.push_str("; last refusal: ");
         s.push_str(r);
     }

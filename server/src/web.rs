@@ -15,21 +15,32 @@ use axum::response::{Html, IntoResponse, Response};
 use http::{HeaderValue, StatusCode, Uri, header};
 
 use crate::limits::MAX_STATIC_FILE;
-use crate::server::Shared;
 
 const DEMO_HTML: &str = include_str!("../assets/index.html");
 const DEMO_JS: &str = include_str!("../assets/app.js");
 const DEMO_CSS: &str = include_str!("../assets/app.css");
 
+/// What the display app needs: its CSP, where its files are, and the
+/// WebSocket path the demo page connects to. Fixed for the run.
+#[derive(Debug)]
+pub(crate) struct Site {
+    /// The `Content-Security-Policy` of every response.
+    pub csp: HeaderValue,
+    /// `web_root`, or the built-in demo page.
+    pub web_root: Option<PathBuf>,
+    /// The WebSocket path.
+    pub ws_path: String,
+}
+
 /// Adds CSP, referrer, caching and sniffing headers to every response.
 pub(crate) async fn security_headers(
-    State(shared): State<Arc<Shared>>,
+    State(site): State<Arc<Site>>,
     req: Request,
     next: Next,
 ) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, shared.csp.clone());
+    h.insert(header::CONTENT_SECURITY_POLICY, site.csp.clone());
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -43,16 +54,16 @@ pub(crate) async fn security_headers(
     res
 }
 
-pub(crate) async fn index(State(shared): State<Arc<Shared>>) -> Response {
-    match &shared.cfg.web_root {
-        None => Html(DEMO_HTML.replace("{{WS_PATH}}", &shared.cfg.path)).into_response(),
+pub(crate) async fn index(site: Arc<Site>) -> Response {
+    match &site.web_root {
+        None => Html(DEMO_HTML.replace("{{WS_PATH}}", &site.ws_path)).into_response(),
         Some(root) => serve_file(root, "index.html").await,
     }
 }
 
-pub(crate) async fn static_file(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+pub(crate) async fn static_file(site: Arc<Site>, uri: Uri) -> Response {
     let path = uri.path().trim_start_matches('/');
-    match &shared.cfg.web_root {
+    match &site.web_root {
         None => match path {
             "app.js" => (
                 [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],

@@ -144,6 +144,45 @@ async fn demo_page_is_served_and_references_only_its_own_origin() {
 }
 
 #[tokio::test]
+async fn every_app_response_carries_the_security_headers() {
+    let s = start().await;
+    let csp = format!("connect-src wss://localhost:{};", s.port());
+    for (path, status) in [
+        ("/", 200),
+        ("/app.js", 200),
+        ("/app.css", 200),
+        ("/nope", 404),
+    ] {
+        let req = Request {
+            path: path.into(),
+            headers: vec![("Host".into(), format!("localhost:{}", s.port()))],
+        };
+        let (resp, _) = handshake(s.addr, s.pin, &req).await.unwrap();
+        assert_eq!(resp.status, status, "{path}");
+        let h = |name: &str| {
+            resp.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            h("content-security-policy").contains(&csp),
+            "{path}: {:?}",
+            resp.headers
+        );
+        assert!(
+            h("content-security-policy").contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert_eq!(h("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(h("x-frame-options"), "DENY", "{path}");
+        assert_eq!(h("cache-control"), "no-store", "{path}");
+        assert_eq!(h("referrer-policy"), "no-referrer", "{path}");
+    }
+}
+
+#[tokio::test]
 async fn oversized_request_head_is_431() {
     let s = start().await;
     let req = Request::display(s.port(), None).add("X-Filler", &"a".repeat(20 * 1024));
