@@ -308,13 +308,10 @@ async fn mint_with_retry(opts: &Options) -> Result<Minted, LaunchError> {
     loop {
         match mint(&opts.control, opts.server_uid).await {
             Ok(m) => return Ok(m),
-            Err(MintError::Refused {
-                error,
-                retry_after: Some(after),
-            }) if error == "rate_limited" => {
-                tokio::time::sleep(after).await;
+            Err(MintError::Refused(control::Refusal::RateLimited { retry_after_ms })) => {
+                tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
             }
-            Err(e @ (MintError::Refused { .. } | MintError::Untrusted(_))) => return Err(e.into()),
+            Err(e @ (MintError::Refused(_) | MintError::Untrusted(_))) => return Err(e.into()),
             Err(e) => {
                 warn!(error = %e, retry_in = ?wait, "screengate server unreachable; retrying");
                 tokio::time::sleep(wait).await;
@@ -442,7 +439,7 @@ async fn setup(cdp: &Cdp, tab_tx: &watch::Sender<Tab>, minted: &Minted) -> Resul
     cdp.call(s, "Network.setBypassServiceWorker", json!({"bypass": true}))
         .await
         .map_err(call_end)?;
-    set_header(cdp, &session, &minted.header, &minted.token)
+    set_header(cdp, &session, &minted.header, minted.token.expose_secret())
         .await
         .map_err(call_end)?;
     cdp.call(
@@ -550,7 +547,7 @@ async fn rearm(
     session: &str,
 ) -> Option<Option<String>> {
     match mint(control, server).await {
-        Ok(m) => match set_header(cdp, session, &m.header, &m.token).await {
+        Ok(m) => match set_header(cdp, session, &m.header, m.token.expose_secret()).await {
             Ok(()) => {
                 info!(
                     "armed a fresh token (expires in {} ms)",

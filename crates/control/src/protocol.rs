@@ -315,6 +315,12 @@ impl Refusal {
         }
     }
 
+    /// `line_too_long`: the server read [`MAX_REQUEST_LINE`] bytes and no
+    /// newline.
+    pub fn line_too_long() -> Self {
+        Self::bad_request(&RequestError::TooLong)
+    }
+
     /// The refusal for a line that is not a request: `line_too_long` for
     /// [`RequestError::TooLong`], `bad_request` for the rest.
     pub fn bad_request(e: &RequestError) -> Self {
