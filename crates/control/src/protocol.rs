@@ -601,8 +601,11 @@ impl Reply {
         if line.len() > MAX_REPLY_LINE {
             return Err(ReplyError::TooLong);
         }
-        let raw: RawReply<'_> = serde_json::from_slice(line)
-            .map_err(|e| ReplyError::Malformed { column: e.column() })?;
+        // From a `&str`, as the request parser does: one instance of the
+        // JSON parser in the server binary, not two (size budget).
+        let text = std::str::from_utf8(line).map_err(|_| ReplyError::Malformed { column: 0 })?;
+        let raw: RawReply<'_> =
+            serde_json::from_str(text).map_err(|e| ReplyError::Malformed { column: e.column() })?;
         if !raw.ok {
             absent(&raw.mint_fields())?;
             absent(&raw.revoke_fields())?;
