@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use screengate_control::client::{Client, ClientError, Peer, ReplyLine};
+use screengate_control::client::{self, ClientError, ReplyLine};
 use screengate_control::{Reply, Request};
 use screengate_identity::fsutil::{self, Kind};
 use screengate_identity::{IdentityError, InitOutcome, Pin, StateDir};
@@ -134,18 +134,18 @@ pub enum MintClientError {
 }
 
 /// What `screengate mint` prints: the reply line exactly as the server sent
-/// it (a buffer wiped on drop), and whether it was a mint.
+/// it (a buffer wiped on drop), and whether it said `"ok":true`.
 pub struct MintReply {
     /// The reply line, without its newline.
     pub line: ReplyLine,
-    /// Whether the reply is a well-formed `"ok":true` mint reply.
-    pub minted: bool,
+    /// Whether the reply said `"ok":true` (the exit code).
+    pub ok: bool,
 }
 
 impl std::fmt::Debug for MintReply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MintReply")
-            .field("minted", &self.minted)
+            .field("ok", &self.ok)
             .finish_non_exhaustive()
     }
 }
@@ -153,19 +153,20 @@ impl std::fmt::Debug for MintReply {
 /// `screengate mint`: one request, the raw reply line (the shared control
 /// client: 5 s deadline, 16 KiB reply bound).
 pub async fn mint(control: &Path, channel: Channel) -> Result<MintReply, MintClientError> {
-    let client = Client::new(control, Peer::Any);
     let request = Request::Mint(channel)
         .to_line()
         .map_err(|e| exchange_error(control, &e))?;
-    let line = client.exchange(&request).await.map_err(|e| match e {
-        ClientError::Unreachable { source, .. } => MintClientError::Connect {
-            path: control.to_owned(),
-            source,
-        },
-        other => exchange_error(control, &other),
-    })?;
-    let minted = matches!(Reply::parse(&line), Ok(Reply::Minted(_)));
-    Ok(MintReply { line, minted })
+    let line = client::exchange(control, &request)
+        .await
+        .map_err(|e| match e {
+            ClientError::Unreachable { source, .. } => MintClientError::Connect {
+                path: control.to_owned(),
+                source,
+            },
+            other => exchange_error(control, &other),
+        })?;
+    let ok = Reply::says_ok(&line);
+    Ok(MintReply { line, ok })
 }
 
 fn exchange_error(control: &Path, e: &dyn std::fmt::Display) -> MintClientError {

@@ -348,7 +348,7 @@ fn run_other(cmd: Cmd) -> ExitCode {
                     // the reply as the server sent it (the token is this
                     // command's output)
                     println!("{}", String::from_utf8_lossy(&reply.line));
-                    if reply.minted {
+                    if reply.ok {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

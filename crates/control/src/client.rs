@@ -125,36 +125,54 @@ impl Client {
     /// Sends `bytes` exactly as given (the caller adds the newline; tests
     /// send hostile lines this way) and returns the first reply line.
     pub async fn exchange(&self, bytes: &[u8]) -> Result<ReplyLine, ClientError> {
-        let unreachable = |source| ClientError::Unreachable {
-            path: self.path.display().to_string(),
-            source,
-        };
-        let (path, expected) = match self.peer {
-            Peer::Any => (self.path.clone(), None),
+        match self.peer {
+            Peer::Any => exchange(&self.path, bytes).await,
             Peer::Server(server) => {
                 let (path, uid) = trusted_path(&self.path, server)?;
-                (path, Some(uid))
+                exchange_on(&self.path, &path, Some(uid), bytes).await
             }
-        };
-        let exchange = async {
-            let s = tokio::net::UnixStream::connect(&path)
-                .await
-                .map_err(unreachable)?;
-            if let Some(expected) = expected {
-                let peer = s.peer_cred().map_err(unreachable)?.uid();
-                check_peer(peer, expected).map_err(|why| untrusted(&path, why))?;
-            }
-            let (mut rd, mut wr) = s.into_split();
-            wr.write_all(bytes).await.map_err(unreachable)?;
-            read_line(&mut rd).await.map_err(|e| match e {
-                ReadError::Io(e) => unreachable(e),
-                ReadError::Reply(e) => ClientError::Reply(e),
-            })
-        };
-        tokio::time::timeout(EXCHANGE_DEADLINE, exchange)
-            .await
-            .map_err(|_| ClientError::Timeout)?
+        }
     }
+}
+
+/// [`Client::exchange`] with [`Peer::Any`], as a free function: a caller
+/// that never checks the server (`screengate mint`) links none of the
+/// directory checks (the `screengate` binary has a size budget).
+pub async fn exchange(path: &Path, bytes: &[u8]) -> Result<ReplyLine, ClientError> {
+    exchange_on(path, path, None, bytes).await
+}
+
+/// Connects to `path` (named `shown` in errors), checks the peer's uid
+/// against `expected` if given, sends `bytes`, reads one reply line; all
+/// within [`EXCHANGE_DEADLINE`].
+async fn exchange_on(
+    shown: &Path,
+    path: &Path,
+    expected: Option<u32>,
+    bytes: &[u8],
+) -> Result<ReplyLine, ClientError> {
+    let unreachable = |source| ClientError::Unreachable {
+        path: shown.display().to_string(),
+        source,
+    };
+    let exchange = async {
+        let s = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(unreachable)?;
+        if let Some(expected) = expected {
+            let peer = s.peer_cred().map_err(unreachable)?.uid();
+            check_peer(peer, expected).map_err(|why| untrusted(path, why))?;
+        }
+        let (mut rd, mut wr) = s.into_split();
+        wr.write_all(bytes).await.map_err(unreachable)?;
+        read_line(&mut rd).await.map_err(|e| match e {
+            ReadError::Io(e) => unreachable(e),
+            ReadError::Reply(e) => ClientError::Reply(e),
+        })
+    };
+    tokio::time::timeout(EXCHANGE_DEADLINE, exchange)
+        .await
+        .map_err(|_| ClientError::Timeout)?
 }
 
 fn wrong_kind(asked: &'static str, got: &Reply) -> ClientError {
@@ -201,6 +219,8 @@ fn untrusted(path: &Path, why: String) -> ClientError {
 
 /// The socket path with its directory resolved, and the uid that must
 /// answer on it, after checking the directory and every ancestor.
+// Out of line: only the launcher needs it (size of the other binaries).
+#[inline(never)]
 fn trusted_path(path: &Path, server: ServerUid) -> Result<(PathBuf, u32), ClientError> {
     let unreachable = |source| ClientError::Unreachable {
         path: path.display().to_string(),

@@ -131,6 +131,9 @@ impl Request {
     /// Parses one request line (without its newline; surrounding
     /// whitespace is ignored). Total: any input is a request or a
     /// [`RequestError`].
+    // Not inlined into the server's opt-level-3 callers: this code is
+    // per request, and the `screengate` binary has a size budget.
+    #[inline(never)]
     pub fn parse(line: &[u8]) -> Result<Request, RequestError> {
         if line.len() > MAX_REQUEST_LINE {
             return Err(RequestError::TooLong);
@@ -168,6 +171,9 @@ impl Request {
     /// The request line, newline included, in a buffer wiped on drop.
     /// Fails only if it would exceed [`MAX_REQUEST_LINE`] (a revoke
     /// handle that long is not a handle).
+    // Not inlined into the server's opt-level-3 callers: this code is
+    // per request, and the `screengate` binary has a size budget.
+    #[inline(never)]
     pub fn to_line(&self) -> Result<Zeroizing<Vec<u8>>, EncodeError> {
         let wire = match self {
             Request::Mint(channel) => WireRequest {
@@ -575,6 +581,23 @@ impl Reply {
         !matches!(self, Reply::Refused(_))
     }
 
+    /// Whether a reply line says `"ok":true`, reading that field only (the
+    /// rest is skipped unparsed and uncopied): for a caller that passes the
+    /// line on as it came, like `screengate mint`. `false` for anything
+    /// that is not a JSON object with a boolean `ok`. A full [`Reply::parse`]
+    /// in the `screengate` binary would cost ~12 KiB of its size budget.
+    #[inline(never)]
+    pub fn says_ok(line: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct OkField {
+            ok: bool,
+        }
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|text| serde_json::from_str::<OkField>(text).ok())
+            .is_some_and(|r| r.ok)
+    }
+
     /// The reply's kind, for messages.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -589,6 +612,9 @@ impl Reply {
     /// The buffer is allocated once at [`MAX_REPLY_LINE`] and written
     /// through a `&mut [u8]`, which cannot grow: no reallocation can leave
     /// a copy of the token behind. Fails only if the reply would not fit.
+    // Not inlined into the server's opt-level-3 callers: this code is
+    // per request, and the `screengate` binary has a size budget.
+    #[inline(never)]
     pub fn to_line(&self) -> Result<Zeroizing<Vec<u8>>, EncodeError> {
         encode_line(self, MAX_REPLY_LINE)
     }
@@ -597,6 +623,9 @@ impl Reply {
     /// input is a reply or a [`ReplyError`], whose text never quotes the
     /// line. The token is copied once, from `line` into the
     /// [`SecretToken`]; nothing else holds it.
+    // Not inlined into the server's opt-level-3 callers: this code is
+    // per request, and the `screengate` binary has a size budget.
+    #[inline(never)]
     pub fn parse(line: &[u8]) -> Result<Reply, ReplyError> {
         if line.len() > MAX_REPLY_LINE {
             return Err(ReplyError::TooLong);

@@ -871,3 +871,29 @@ proptest! {
         let _ = Reply::parse(&out);
     }
 }
+
+#[test]
+fn says_ok_reads_only_ok() {
+    for (reply, _) in reply_kat() {
+        let line = reply.to_line().unwrap();
+        assert_eq!(Reply::says_ok(&line), reply.is_ok(), "{reply:?}");
+    }
+    assert!(Reply::says_ok(
+        br#"{"ok":true,"anything":[1,{"x":"\u0041"}]}"#
+    ));
+    for bytes in [
+        &b""[..],
+        b"null",
+        b"[]",
+        b"{}",
+        br#"{"ok":"true"}"#,
+        br#"{"ok":1}"#,
+        br#"{"ok":false}"#,
+        br#"{"ok":true"#,
+        br#"{"ok":true,"ok":true}"#,
+        br#"{"ok":true} x"#,
+        b"{\"ok\":true,\"m\":\"\xff\"}",
+    ] {
+        assert!(!Reply::says_ok(bytes), "{}", String::from_utf8_lossy(bytes));
+    }
+}
