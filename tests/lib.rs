@@ -1,7 +1,9 @@
 //! Test support shared by the integration tests (`tests/it`) and
 //! `cargo xtask e2e`: a pinned-TLS client that can send any handshake
 //! (duplicate headers included) and then speak WebSocket, and a control
-//! socket client. It is a client only; it never starts servers.
+//! socket client (a thin wrapper over `screengate-control`'s, keeping the
+//! raw-string form the tests send hostile lines with). It is a client only;
+//! it never starts servers.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -9,6 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use screengate_control::client::{Client, Peer};
+pub use screengate_control::{Channel, Reply, Request as ControlRequest};
 use screengate_identity::Pin;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -210,21 +214,30 @@ pub async fn handshake_with(
 }
 
 /// One request/reply on the control socket; the reply parsed as JSON.
+/// `line` goes out as given plus a newline (hostile lines included), via
+/// `screengate-control`'s client: 5 s deadline, 16 KiB reply bound.
 pub async fn control(path: &Path, line: &str) -> Result<serde_json::Value> {
-    let s = tokio::net::UnixStream::connect(path)
-        .await
-        .map_err(|e| format!("connect {}: {e}", path.display()))?;
-    let (rd, mut wr) = s.into_split();
-    wr.write_all(line.as_bytes())
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    let reply = Client::new(path, Peer::Any)
+        .exchange(&bytes)
         .await
         .map_err(|e| e.to_string())?;
-    wr.write_all(b"\n").await.map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    tokio::time::timeout(STEP_TIMEOUT, BufReader::new(rd).read_line(&mut reply))
+    serde_json::from_slice(&reply).map_err(|e| {
+        format!(
+            "control reply is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&reply)
+        )
+    })
+}
+
+/// One typed request on the control socket; the typed reply.
+pub async fn request(path: &Path, request: &ControlRequest) -> Result<Reply> {
+    Client::new(path, Peer::Any)
+        .request(request)
         .await
-        .map_err(|_| "control reply timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(&reply).map_err(|e| format!("control reply is not JSON ({e}): {reply:?}"))
+        .map_err(|e| e.to_string())
 }
 
 /// The gateway a mint reply points at: its loopback address (port from
@@ -244,7 +257,11 @@ pub fn gateway_of(reply: &serde_json::Value) -> Result<(SocketAddr, Pin)> {
 
 /// Mints a display token; returns (token, full reply).
 pub async fn mint(path: &Path) -> Result<(String, serde_json::Value)> {
-    let v = control(path, r#"{"op":"mint","channel":"display"}"#).await?;
+    let line = ControlRequest::Mint(Channel::Display)
+        .to_line()
+        .map_err(|e| e.to_string())?;
+    let line = std::str::from_utf8(&line).map_err(|e| e.to_string())?;
+    let v = control(path, line.trim_end()).await?;
     let t = v
         .get("token")
         .and_then(|t| t.as_str())

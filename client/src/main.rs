@@ -17,6 +17,8 @@ use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use screengate_control::client::{Client, ClientError, Peer};
+use screengate_control::{Channel, Minted};
 use screengate_identity::Pin;
 use screengate_identity::verify::{PinnedServerCert, provider};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
@@ -106,28 +108,16 @@ fn tls_config(cli: &Cli) -> Result<rustls::ClientConfig, String> {
     }
 }
 
-async fn mint(control: &Path) -> Result<(String, Zeroizing<String>), String> {
-    use tokio::io::AsyncWriteExt;
-    let s = tokio::net::UnixStream::connect(control)
+/// Mints a native-channel token over the control socket (the shared
+/// client: one request, one reply, 5 s deadline, 16 KiB reply bound).
+async fn mint(control: &Path) -> Result<Minted, String> {
+    Client::new(control, Peer::Any)
+        .mint(Channel::Native)
         .await
-        .map_err(|e| format!("control socket {}: {e}", control.display()))?;
-    let (rd, mut wr) = s.into_split();
-    wr.write_all(b"{\"op\":\"mint\",\"channel\":\"native\"}\n")
-        .await
-        .map_err(fail)?;
-    let mut line = Zeroizing::new(String::new());
-    BufReader::new(rd)
-        .read_line(&mut line)
-        .await
-        .map_err(fail)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&line).map_err(|_| "control reply is not JSON".to_owned())?;
-    if v["ok"] != true {
-        return Err(format!("mint refused: {}", v["error"]));
-    }
-    let header = v["header"].as_str().ok_or("reply lacks header")?.to_owned();
-    let token = Zeroizing::new(v["token"].as_str().ok_or("reply lacks token")?.to_owned());
-    Ok((header, token))
+        .map_err(|e| match e {
+            ClientError::Refused(r) => format!("mint refused: {r}"),
+            other => other.to_string(),
+        })
 }
 
 async fn connect(cli: &Cli) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, String> {
@@ -150,11 +140,14 @@ async fn connect(cli: &Cli) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn
         .into_client_request()
         .map_err(fail)?;
     if let Some(control) = &cli.control {
-        let (header, token) = mint(control).await?;
-        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(header.as_bytes())
-            .map_err(fail)?;
-        let value =
-            tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&token).map_err(fail)?;
+        let minted = mint(control).await?;
+        let name =
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(minted.header.as_bytes())
+                .map_err(fail)?;
+        let value = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(
+            minted.token.expose_secret(),
+        )
+        .map_err(fail)?;
         req.headers_mut().insert(name, value);
     }
     let (ws, _) = tokio_tungstenite::client_async(req, io)

@@ -46,14 +46,11 @@ pub(crate) async fn mint_with_retry(
     loop {
         match mint(&opts.control, opts.server_uid).await {
             Ok(m) => return Ok(m),
-            Err(MintError::Refused {
-                error,
-                retry_after: Some(after),
-            }) if error == "rate_limited" => {
+            Err(MintError::Refused(crate::control::Refusal::RateLimited { retry_after_ms })) => {
                 ready.status("waiting for a token: the server rate-limits minting");
-                tokio::time::sleep(after).await;
+                tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
             }
-            Err(e @ (MintError::Refused { .. } | MintError::Untrusted(_))) => return Err(e.into()),
+            Err(e @ (MintError::Refused(_) | MintError::Untrusted(_))) => return Err(e.into()),
             Err(e) => {
                 ready.status(&format!("waiting for the screengate server: {e}"));
                 warn!(error = %e, retry_in = ?wait, "screengate server unreachable; retrying");
@@ -212,7 +209,7 @@ async fn rearm(
     session: &str,
 ) -> Option<Option<String>> {
     match mint(control, server).await {
-        Ok(m) => match set_header(cdp, session, &m.header, &m.token).await {
+        Ok(m) => match set_header(cdp, session, &m.header, m.token.expose_secret()).await {
             Ok(()) => {
                 info!(
                     "armed a fresh token (expires in {} ms)",

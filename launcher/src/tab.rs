@@ -84,7 +84,7 @@ pub(crate) async fn setup(
     cdp.call(s, &SetBypassServiceWorker { bypass: true })
         .await
         .map_err(call_end)?;
-    crate::arm::set_header(cdp, &session, &minted.header, &minted.token)
+    crate::arm::set_header(cdp, &session, &minted.header, minted.token.expose_secret())
         .await
         .map_err(call_end)?;
     cdp.call(

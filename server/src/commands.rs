@@ -1,11 +1,12 @@
 //! The subcommands' logic, so `main.rs` stays a thin argument parser.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use screengate_control::client::{self, ClientError, ReplyLine};
+use screengate_control::{Reply, Request};
 use screengate_identity::fsutil::{self, Kind};
 use screengate_identity::{IdentityError, InitOutcome, Pin, Removal, StateDir};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use screengate_token::Channel;
 
 use crate::config::{self, Config, ConfigError, FileConfig, Overrides};
 
@@ -166,36 +167,45 @@ pub enum MintClientError {
     },
 }
 
-/// `screengate mint`: one request, the raw JSON reply line.
-pub async fn mint(control: &Path, channel: &str) -> Result<String, MintClientError> {
-    let ex = |what: String| MintClientError::Exchange {
-        path: control.to_owned(),
-        what,
-    };
-    let stream = tokio::net::UnixStream::connect(control)
+/// What `screengate mint` prints: the reply line exactly as the server sent
+/// it (a buffer wiped on drop), and whether it said `"ok":true`.
+pub struct MintReply {
+    /// The reply line, without its newline.
+    pub line: ReplyLine,
+    /// Whether the reply said `"ok":true` (the exit code).
+    pub ok: bool,
+}
+
+impl std::fmt::Debug for MintReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintReply")
+            .field("ok", &self.ok)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `screengate mint`: one request, the raw reply line (the shared control
+/// client: 5 s deadline, 16 KiB reply bound).
+pub async fn mint(control: &Path, channel: Channel) -> Result<MintReply, MintClientError> {
+    let request = Request::Mint(channel)
+        .to_line()
+        .map_err(|e| exchange_error(control, &e))?;
+    let line = client::exchange(control, &request)
         .await
-        .map_err(|source| MintClientError::Connect {
-            path: control.to_owned(),
-            source,
+        .map_err(|e| match e {
+            ClientError::Unreachable { source, .. } => MintClientError::Connect {
+                path: control.to_owned(),
+                source,
+            },
+            other => exchange_error(control, &other),
         })?;
-    let (rd, mut wr) = stream.into_split();
-    let req = serde_json::json!({"op": "mint", "channel": channel});
-    let line = format!("{req}\n");
-    let exchange = async {
-        wr.write_all(line.as_bytes())
-            .await
-            .map_err(|e| ex(e.to_string()))?;
-        let mut reply = String::new();
-        BufReader::new(rd)
-            .read_line(&mut reply)
-            .await
-            .map_err(|e| ex(e.to_string()))?;
-        if reply.is_empty() {
-            return Err(ex("the server closed the connection without a reply".into()));
-        }
-        Ok(reply.trim_end().to_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| ex("no reply within 5 s".into()))?
+    let ok = Reply::says_ok(&line);
+    Ok(MintReply { line, ok })
+}
+
+fn exchange_error(control: &Path, e: &dyn std::fmt::Display) -> MintClientError {
+    MintClientError::Exchange {
+        path: control.to_owned(),
+        what: e.to_string(),
+    }
 }

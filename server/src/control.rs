@@ -1,97 +1,27 @@
 //! The control socket: the out-of-band channel through which an allowed
 //! local user (the launcher) obtains a token.
 //!
-//! One JSON object per line, both ways. The peer's uid comes from
-//! `SO_PEERCRED` (the kernel's word, not the peer's) and must be in the
-//! allow-list. Lines are bounded ([`MAX_CONTROL_LINE`]), connections are
-//! bounded and time out, and minting is rate limited per uid.
+//! One JSON object per line, both ways; the lines are `screengate-control`'s
+//! typed [`Request`] and [`Reply`] (this file holds no op, field or error
+//! string). The peer's uid comes from `SO_PEERCRED` (the kernel's word, not
+//! the peer's) and must be in the allow-list. Lines are bounded
+//! ([`MAX_CONTROL_LINE`]), connections are bounded and time out, and minting
+//! is rate limited per uid.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use screengate_token::{Channel, MintError, RevokeError};
-use serde::Deserialize;
-use serde_json::json;
+use screengate_control::{ENCODE_FAILED_LINE, Minted, Refusal, Reply, Request};
+use screengate_token::{Channel, MintError};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
-use zeroize::Zeroizing;
 
 use crate::audit;
 use crate::config::MintRate;
 use crate::limits::{CONTROL_IDLE_TIMEOUT, MAX_CONTROL_CONNECTIONS, MAX_CONTROL_LINE, WRITE_STALL};
 use crate::state::Shared;
-
-/// A parsed control request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// Mint a token for a channel.
-    Mint(Channel),
-    /// Revoke one token by the `token_id` its mint reply carried
-    /// (authorised for the uid that minted it).
-    Revoke(String),
-    /// Revoke every token minted so far and close every live session.
-    RevokeAll,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRequest {
-    op: String,
-    channel: Option<String>,
-    token_id: Option<String>,
-    all: Option<bool>,
-}
-
-/// Why a line is not a request; the message goes back to the peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRequest(pub String);
-
-/// Parses one request line (without its newline).
-pub fn parse_request(line: &[u8]) -> Result<Request, BadRequest> {
-    let text = std::str::from_utf8(line).map_err(|_| BadRequest("line is not UTF-8".into()))?;
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(BadRequest("empty line; send one JSON object per line, e.g. {\"op\":\"mint\",\"channel\":\"display\"}".into()));
-    }
-    let raw: RawRequest = serde_json::from_str(text).map_err(|e| {
-        BadRequest(format!(
-            "not a request object: {e}; expected {{\"op\":\"mint\",\"channel\":\"display\"}}"
-        ))
-    })?;
-    if raw.op != "mint" && raw.channel.is_some() {
-        return Err(BadRequest("`channel` belongs to mint only".into()));
-    }
-    if raw.op != "revoke" && (raw.token_id.is_some() || raw.all.is_some()) {
-        return Err(BadRequest(
-            "`token_id` and `all` belong to revoke only".into(),
-        ));
-    }
-    match raw.op.as_str() {
-        "revoke" => match (raw.token_id, raw.all) {
-            (Some(id), None) => Ok(Request::Revoke(id)),
-            (None, Some(true)) => Ok(Request::RevokeAll),
-            _ => Err(BadRequest(
-                "revoke takes exactly one of {\"token_id\":\"…\"} (from the mint reply) or {\"all\":true}".into(),
-            )),
-        },
-        "mint" => {
-            let ch = raw.channel.as_deref().unwrap_or("display");
-            let channel = ch.parse().map_err(|()| {
-                BadRequest(format!(
-                    "unknown channel `{}`; expected display or native",
-                    ch.escape_debug()
-                ))
-            })?;
-            Ok(Request::Mint(channel))
-        }
-        other => Err(BadRequest(format!(
-            "unknown op `{}`; the ops are mint and revoke",
-            other.escape_debug()
-        ))),
-    }
-}
 
 /// Per-uid token buckets for minting.
 #[derive(Debug)]
@@ -186,19 +116,15 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
             return;
         }
         if line.last() != Some(&b'\n') && line.len() > MAX_CONTROL_LINE {
+            let refusal = Refusal::line_too_long();
             audit!(
                 warn,
                 event = "control_rejected",
-                reason = "line_too_long",
+                reason = refusal.code(),
                 uid,
                 pid
             );
-            let _ = write_line(
-                &mut wr,
-                &json!({"ok": false, "error": "line_too_long",
-                "message": format!("request line longer than {MAX_CONTROL_LINE} bytes; closing")}),
-            )
-            .await;
+            let _ = write_line(&mut wr, &Reply::Refused(refusal)).await;
             return;
         }
         if line.last() == Some(&b'\n') {
@@ -207,20 +133,21 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
         // Asked per request, not per connection: a reload that removes the
         // uid stops a connection it opened before.
         if !shared.live().allowed_uids.contains(&uid) {
+            let refusal = Refusal::NotAuthorized;
             audit!(
                 warn,
                 event = "control_rejected",
-                reason = "not_authorized",
+                reason = refusal.code(),
                 uid,
                 pid
             );
-            let _ = write_line(&mut wr, &json!({"ok": false, "error": "not_authorized"})).await;
+            let _ = write_line(&mut wr, &Reply::Refused(refusal)).await;
             return;
         }
-        let reply = match parse_request(&line) {
-            Err(BadRequest(message)) => {
-                tracing::debug!(uid, %message, "bad control request");
-                json!({"ok": false, "error": "bad_request", "message": message})
+        let reply = match Request::parse(&line) {
+            Err(e) => {
+                tracing::debug!(uid, message = %e, "bad control request");
+                Reply::Refused(Refusal::bad_request(&e))
             }
             Ok(Request::Mint(channel)) => mint(&shared, uid, pid, channel),
             Ok(Request::Revoke(handle)) => revoke(&shared, uid, pid, &handle),
@@ -232,7 +159,9 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
                     .saturating_sub(shared.sessions.available_permits());
                 shared.revoked_all.send_modify(|n| *n = n.wrapping_add(1));
                 audit!(warn, event = "revoke_all", uid, pid, live_sessions = live);
-                json!({"ok": true, "revoked": "all", "sessions_closed": live})
+                Reply::RevokedAll {
+                    sessions_closed: u64::try_from(live).unwrap_or(u64::MAX),
+                }
             }
         };
         if let Err(e) = write_line(&mut wr, &reply).await {
@@ -250,87 +179,93 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
     }
 }
 
-fn mint(shared: &Shared, uid: u32, pid: Option<i32>, channel: Channel) -> serde_json::Value {
+fn mint(shared: &Shared, uid: u32, pid: Option<i32>, channel: Channel) -> Reply {
     let limited = shared
         .rate
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take(uid, Instant::now(), shared.live().mint_rate);
     if let Err(wait) = limited {
-        let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let refusal = Refusal::rate_limited(wait);
         audit!(
             warn,
             event = "mint_refused",
-            reason = "rate_limited",
+            reason = refusal.code(),
             uid,
             pid
         );
-        return json!({"ok": false, "error": "rate_limited", "retry_after_ms": retry_after_ms});
+        return Reply::Refused(refusal);
     }
     let keys = shared.keys();
     match keys.authority.mint(channel) {
         Err(MintError::LedgerFull) => {
+            let refusal = Refusal::ledger_full(keys.authority.ttl());
             audit!(
                 warn,
                 event = "mint_refused",
-                reason = "ledger_full",
+                reason = refusal.code(),
                 uid,
                 pid
             );
-            json!({"ok": false, "error": "ledger_full",
-                "message": "too many recently used tokens; retry after the token TTL", "retry_after_ms":
-                u64::try_from(keys.authority.ttl().as_millis()).unwrap_or(u64::MAX)})
+            Reply::Refused(refusal)
         }
         Ok(m) => {
             audit!(info, event = "mint", uid, pid, channel = channel.as_str(), token_id = %m.id);
             let port = shared.port;
-            json!({
-                "ok": true,
-                "token": m.token.expose_secret(),
-                "header": shared.token_header_display,
-                "url": format!("https://localhost:{port}/"),
-                "ws_url": format!("wss://localhost:{port}{}", shared.cfg.path),
-                "origin": shared.origin(),
-                "spki_pin": keys.server_pin,
-                "channel": channel.as_str(),
-                "token_id": keys.authority.revoke_handle(&m.id, uid),
-                "expires_in_ms": u64::try_from(m.expires_in.as_millis()).unwrap_or(u64::MAX),
+            Reply::Minted(Minted {
+                token_id: keys.authority.revoke_handle(&m.id, uid),
+                // moved, not copied: the reply holds the authority's secret
+                token: m.token,
+                header: shared.token_header_display.clone(),
+                url: format!("https://localhost:{port}/"),
+                ws_url: format!("wss://localhost:{port}{}", shared.cfg.path),
+                origin: shared.origin(),
+                spki_pin: keys.server_pin.clone(),
+                channel,
+                expires_in_ms: u64::try_from(m.expires_in.as_millis()).unwrap_or(u64::MAX),
             })
         }
     }
 }
 
-fn revoke(shared: &Shared, uid: u32, pid: Option<i32>, handle: &str) -> serde_json::Value {
+fn revoke(shared: &Shared, uid: u32, pid: Option<i32>, handle: &str) -> Reply {
     match shared.keys().authority.revoke(handle, uid) {
         Ok(id) => {
             audit!(info, event = "revoke", uid, pid, token_id = %id);
-            json!({"ok": true, "revoked": 1})
+            Reply::Revoked
         }
         Err(e) => {
-            let error = match e {
-                RevokeError::Malformed => "bad_request",
-                RevokeError::NotYours => "not_yours",
-                RevokeError::Full => "revoked_full",
-            };
-            audit!(warn, event = "revoke_refused", reason = error, uid, pid);
-            json!({"ok": false, "error": error, "message": e.to_string()})
+            let refusal = Refusal::revoke(e);
+            audit!(
+                warn,
+                event = "revoke_refused",
+                reason = refusal.code(),
+                uid,
+                pid
+            );
+            Reply::Refused(refusal)
         }
     }
 }
 
 async fn write_line(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
-    v: &serde_json::Value,
+    reply: &Reply,
 ) -> std::io::Result<()> {
-    // The reply may hold a token: keep the serialized bytes in a buffer that
-    // is wiped when dropped.
-    let mut buf =
-        Zeroizing::new(serde_json::to_vec(v).unwrap_or_else(|_| b"{\"ok\":false}".to_vec()));
-    buf.push(b'\n');
+    // The reply may hold a token: it is encoded into a buffer wiped on drop
+    // that never reallocates (`Reply::to_line`).
+    let line = reply.to_line();
+    let bytes: &[u8] = match &line {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "control reply not encodable");
+            ENCODE_FAILED_LINE
+        }
+    };
     // A peer that pipelines requests and never reads must not hold a
     // control permit: the reply gets [`WRITE_STALL`], then the connection
     // is closed.
-    match tokio::time::timeout(WRITE_STALL, wr.write_all(&buf)).await {
+    match tokio::time::timeout(WRITE_STALL, wr.write_all(bytes)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -342,63 +277,6 @@ async fn write_line(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_mint() {
-        assert_eq!(
-            parse_request(br#"{"op":"mint","channel":"display"}"#),
-            Ok(Request::Mint(Channel::Display))
-        );
-        assert_eq!(
-            parse_request(br#"{"op":"mint"}"#),
-            Ok(Request::Mint(Channel::Display))
-        );
-        assert_eq!(
-            parse_request(br#" {"op":"mint","channel":"native"} "#),
-            Ok(Request::Mint(Channel::Native))
-        );
-    }
-
-    #[test]
-    fn parses_revoke() {
-        assert_eq!(
-            parse_request(br#"{"op":"revoke","token_id":"ab"}"#),
-            Ok(Request::Revoke("ab".into()))
-        );
-        assert_eq!(
-            parse_request(br#"{"op":"revoke","all":true}"#),
-            Ok(Request::RevokeAll)
-        );
-    }
-
-    #[test]
-    fn refuses_malformed_lines_with_messages() {
-        for line in [
-            &b""[..],
-            b"   ",
-            b"mint",
-            b"{",
-            b"[]",
-            b"null",
-            br#"{"op":"mint","channel":"root"}"#,
-            br#"{"op":"delete"}"#,
-            br#"{"op":"mint","extra":1}"#,
-            br#"{"op":1}"#,
-            br#"{"channel":"display"}"#,
-            b"\xff\xfe",
-            br#"{"op":"revoke"}"#,
-            br#"{"op":"revoke","all":false}"#,
-            br#"{"op":"revoke","all":true,"token_id":"ab"}"#,
-            br#"{"op":"revoke","all":"yes"}"#,
-            br#"{"op":"revoke","token_id":7}"#,
-            br#"{"op":"revoke","token_id":"ab","channel":"display"}"#,
-            br#"{"op":"mint","token_id":"ab"}"#,
-            br#"{"op":"mint","all":true}"#,
-        ] {
-            let e = parse_request(line).unwrap_err();
-            assert!(!e.0.is_empty());
-        }
-    }
 
     #[test]
     fn rate_limiter_allows_burst_then_limits_then_refills() {

@@ -42,7 +42,9 @@ pub const REPLACE_RETRY_WINDOW: Duration = Duration::from_secs(6);
 /// `replace_oldest`: pause between two attempts while the backend is busy.
 pub const REPLACE_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest control-socket request line; a longer one closes the connection.
-pub const MAX_CONTROL_LINE: usize = 4 * 1024;
+/// The protocol's bound (`screengate_control::MAX_REQUEST_LINE`), named here
+/// with the server's other limits.
+pub const MAX_CONTROL_LINE: usize = screengate_control::MAX_REQUEST_LINE;
 /// A control connection idle this long is closed.
 pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Control connections open at once; more wait in the kernel backlog.

@@ -429,12 +429,20 @@ fn run_other(cmd: Cmd) -> ExitCode {
                 Ok(rt) => rt,
                 Err(c) => return c,
             };
-            match rt.block_on(commands::mint(&control, &channel)) {
-                Ok(line) => {
-                    println!("{line}");
-                    let ok = serde_json::from_str::<serde_json::Value>(&line)
-                        .is_ok_and(|v| v["ok"] == true);
-                    if ok {
+            let channel = match channel.parse() {
+                Ok(c) => c,
+                Err(()) => {
+                    let e = screengate_control::RequestError::UnknownChannel(channel);
+                    eprintln!("screengate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(commands::mint(&control, channel)) {
+                Ok(reply) => {
+                    // the reply as the server sent it (the token is this
+                    // command's output)
+                    println!("{}", String::from_utf8_lossy(&reply.line));
+                    if reply.ok {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

@@ -122,3 +122,69 @@ fn group_name(gid: u32) -> Option<String> {
         (f.next()?.parse::<u32>().ok()? == gid).then(|| name.to_owned())
     })
 }
+
+/// Every reply kind the real server sends parses as its typed `Reply`
+/// (`screengate-control`), so the protocol crate and the server agree.
+#[tokio::test]
+async fn every_reply_of_the_real_server_parses_as_its_type() {
+    use screengate_control::Refusal;
+    use screengate_tests::{Channel, ControlRequest, Reply, request};
+    let s = start().await;
+    let Reply::Minted(m) = request(&s.control, &ControlRequest::Mint(Channel::Native))
+        .await
+        .unwrap()
+    else {
+        panic!("not a mint reply")
+    };
+    assert_eq!(m.channel, Channel::Native);
+    assert!(!m.token.expose_secret().is_empty());
+    for _ in 0..2 {
+        // revoking twice is not an error
+        let revoke = ControlRequest::Revoke(m.token_id.clone());
+        assert_eq!(request(&s.control, &revoke).await.unwrap(), Reply::Revoked);
+    }
+    let r = request(&s.control, &ControlRequest::Revoke("zz".into())).await;
+    assert!(
+        matches!(r, Ok(Reply::Refused(Refusal::BadRequest { .. }))),
+        "{r:?}"
+    );
+    let r = request(&s.control, &ControlRequest::Revoke("0".repeat(64))).await;
+    assert!(
+        matches!(r, Ok(Reply::Refused(Refusal::NotYours { .. }))),
+        "{r:?}"
+    );
+    let r = request(&s.control, &ControlRequest::RevokeAll).await;
+    assert_eq!(r.unwrap(), Reply::RevokedAll { sessions_closed: 0 });
+    let client =
+        screengate_control::client::Client::new(&s.control, screengate_control::client::Peer::Any);
+    let line = client.exchange(b"{}\n").await.unwrap();
+    assert!(matches!(
+        Reply::parse(&line),
+        Ok(Reply::Refused(Refusal::BadRequest { .. }))
+    ));
+    let line = client.exchange(&vec![b'a'; 5000]).await.unwrap();
+    assert!(matches!(
+        Reply::parse(&line),
+        Ok(Reply::Refused(Refusal::LineTooLong { .. }))
+    ));
+    let mut limited = None;
+    for _ in 0..40 {
+        match request(&s.control, &ControlRequest::Mint(Channel::Display)).await {
+            Ok(Reply::Minted(_)) => {}
+            other => {
+                limited = Some(other);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(
+            limited,
+            Some(Ok(Reply::Refused(Refusal::RateLimited { retry_after_ms }))) if retry_after_ms >= 1
+        ),
+        "{limited:?}"
+    );
+    let other = start_with(|o, _| o.allow_uids = vec![nix_uid().wrapping_add(12345)]).await;
+    let r = request(&other.control, &ControlRequest::Mint(Channel::Display)).await;
+    assert_eq!(r.unwrap(), Reply::Refused(Refusal::NotAuthorized));
+}

@@ -1053,6 +1053,26 @@ pub fn peer(args: &[String]) -> Result<bool> {
     })
 }
 
+/// A well-formed mint reply line (no newline) a stand-in control server
+/// sends: `token`, for the gateway at `origin` with `spki_pin`. Built by the
+/// protocol crate, so it stays what the launcher accepts.
+pub fn stand_in_mint_reply(token: &str, origin: &str, spki_pin: &str) -> String {
+    use screengate_control::{Channel, Minted, Reply, SecretToken};
+    let reply = Reply::Minted(Minted {
+        token: SecretToken::from_received(token),
+        header: "X-Screengate-Token".into(),
+        url: format!("{origin}/"),
+        ws_url: format!("{}/ws", origin.replacen("http", "ws", 1)),
+        origin: origin.into(),
+        spki_pin: spki_pin.into(),
+        channel: Channel::Display,
+        token_id: "0".repeat(64),
+        expires_in_ms: 30_000,
+    });
+    let line = reply.to_line().unwrap_or_default();
+    String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned()
+}
+
 /// `xtask e2e-forge SOCK`: a forged control socket, run as another user by
 /// `launcher_refuses_a_forged_control_socket`. Binds SOCK, prints
 /// `listening`, and answers every request line with REPLY (default: a mint
@@ -1060,8 +1080,8 @@ pub fn peer(args: &[String]) -> Result<bool> {
 pub fn forge(args: &[String]) -> Result<bool> {
     use std::io::{BufRead as _, Read as _, Write as _};
     let path = args.first().context("usage: e2e-forge SOCK [REPLY]")?;
-    let default = r#"{"ok":true,"token":"forged","header":"X-Screengate-Token","url":"https://localhost:1/","ws_url":"wss://localhost:1/ws","origin":"https://localhost:1","spki_pin":"Zm9yZ2Vk","expires_in_ms":30000}"#;
-    let reply = format!("{}\n", args.get(1).map_or(default, String::as_str));
+    let default = stand_in_mint_reply("forged", "https://localhost:1", "Zm9yZ2Vk");
+    let reply = format!("{}\n", args.get(1).unwrap_or(&default));
     let l = std::os::unix::net::UnixListener::bind(path).context("bind")?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
     println!("listening");

@@ -1076,15 +1076,11 @@ async fn websockets_elsewhere(fx: &Fx) -> R {
     ))
     .await?;
     let marker = "e2e-marker-not-a-token-5f3c1a";
-    let reply = serde_json::json!({
-        "ok": true, "token": marker, "header": "X-Screengate-Token",
-        "url": format!("http://127.0.0.1:{page}/"),
-        "ws_url": format!("ws://127.0.0.1:{page}/ws"),
-        "origin": format!("http://127.0.0.1:{page}"),
-        "spki_pin": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        "expires_in_ms": 30000
-    })
-    .to_string();
+    let reply = super::stand_in_mint_reply(
+        marker,
+        &format!("http://127.0.0.1:{page}"),
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    );
     let dir = fx.base.join("run/l-nocsp");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     std::os::unix::fs::chown(&dir, Some(svc.uid), Some(svc.gid)).map_err(|e| e.to_string())?;
@@ -1268,12 +1264,14 @@ async fn bounded_reply(fx: &Fx) -> R {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
     let sock = dir.join("c.sock");
-    // a well-formed mint reply, padded past 16 KiB
+    // a well-formed mint reply, padded past 16 KiB (too long for the
+    // protocol crate to encode, so by hand)
     let reply = serde_json::json!({
         "ok": true, "token": "x", "header": "X-Screengate-Token",
-        "url": "https://localhost:1/", "ws_url": "wss://localhost:1/ws",
-        "origin": "https://localhost:1", "spki_pin": "AAAA", "expires_in_ms": 30000,
-        "pad": "p".repeat(20_000)
+        "url": format!("https://localhost:1/{}", "p".repeat(20_000)),
+        "ws_url": "wss://localhost:1/ws", "origin": "https://localhost:1",
+        "spki_pin": "AAAA", "channel": "display", "token_id": "0".repeat(64),
+        "expires_in_ms": 30000
     })
     .to_string();
     let forger = start_forger(fx, svc, &sock, Some(&reply))?;

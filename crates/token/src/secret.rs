@@ -54,6 +54,14 @@ impl SecretToken {
         Self(s)
     }
 
+    /// A token as a client received it (from a control reply), so the
+    /// client's copy is zeroized too. It proves nothing: only
+    /// [`crate::Authority::verify`] tells a genuine token. The one
+    /// allocation is exactly `text.len()` bytes and is never grown.
+    pub fn from_received(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+
     /// The token text, for putting on the wire to its one intended recipient.
     pub fn expose_secret(&self) -> &str {
         &self.0
