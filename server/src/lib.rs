@@ -20,6 +20,7 @@ pub mod demo;
 mod gateway;
 mod guard;
 mod limits;
+pub mod listen_fds;
 mod live;
 mod native;
 pub mod peer_uid;

@@ -41,6 +41,10 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The gateway socket passed by the service manager is not one the
+    /// server may serve on (or the variables are malformed).
+    #[error("gateway socket from systemd (LISTEN_FDS, fd 3) refused: {0}; {fix}", fix = crate::listen_fds::FIX)]
+    Inherited(String),
     /// The control socket path is unsafe to create or replace.
     #[error("{path}: {what}")]
     SocketPath {
@@ -169,11 +173,23 @@ impl Server {
         drop(identity);
         let backend = crate::backend::build(&cfg, uid)?;
 
-        let tcp = bind_tcp(cfg.listen).map_err(|source| ServerError::Bind {
-            what: "gateway listener",
-            addr: cfg.listen.to_string(),
-            source,
-        })?;
+        // The socket screengate.socket passed (LISTEN_FDS), checked
+        // against `listen`; else our own.
+        let (tcp, from) = match crate::listen_fds::inherited() {
+            Ok(Some(l)) => (
+                crate::listen_fds::adopt(l, cfg.listen).map_err(ServerError::Inherited)?,
+                "systemd (LISTEN_FDS)",
+            ),
+            Ok(None) => (
+                bind_tcp(cfg.listen).map_err(|source| ServerError::Bind {
+                    what: "gateway listener",
+                    addr: cfg.listen.to_string(),
+                    source,
+                })?,
+                "bound here",
+            ),
+            Err(why) => return Err(ServerError::Inherited(why)),
+        };
         let local: SocketAddr = tcp.local_addr().map_err(|source| ServerError::Bind {
             what: "gateway listener",
             addr: cfg.listen.to_string(),
@@ -202,6 +218,7 @@ impl Server {
         let token_header_display = display_header(cfg.token_header.as_str());
         info!(
             listen = %local,
+            listener = %format!("from {from}"),
             control = %cfg.control_socket.display(),
             backend = %cfg.backend,
             run = ?keys.authority.run_id(),
