@@ -26,6 +26,10 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The gateway socket passed by the service manager is not one the
+    /// server may serve on (or the variables are malformed).
+    #[error("gateway socket from systemd (LISTEN_FDS, fd 3) refused: {0}; {fix}", fix = crate::listen_fds::FIX)]
+    Inherited(String),
     /// The control socket path is unsafe to create or replace.
     #[error("{path}: {what}")]
     SocketPath {

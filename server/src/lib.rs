@@ -21,6 +21,7 @@ mod error;
 mod gate;
 mod gateway;
 mod limits;
+pub mod listen_fds;
 mod live;
 mod native;
 pub mod peer_uid;

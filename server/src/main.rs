@@ -515,6 +515,9 @@ fn run_other(cmd: Cmd) -> ExitCode {
                 native_allow_uids: native_allow_uid,
                 native_require_token,
             };
+            // Socket activation: fd 3 taken and LISTEN_* unset now, while
+            // this process has one thread; `Server::bind` checks it.
+            let activation = screengate_server::listen_fds::take_from_env();
             // A reload reads the same file, under the rule of the start
             // (before the drop), with the same overrides.
             let trust = screengate_server::config::Trust::for_this_process();
@@ -563,6 +566,9 @@ fn run_other(cmd: Cmd) -> ExitCode {
                 Err(c) => return c,
             };
             log.set(cfg.log_level);
+            if let Some(note) = activation {
+                tracing::warn!("{note}");
+            }
             let reloader = Reloader {
                 load: Box::new(move || {
                     commands::load_config_as(file.as_deref(), again.clone(), trust)

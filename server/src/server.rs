@@ -78,11 +78,23 @@ impl Server {
         drop(identity);
         let backend = crate::backend::build(&cfg, uid)?;
 
-        let tcp = bind_tcp(cfg.listen).map_err(|source| ServerError::Bind {
-            what: "gateway listener",
-            addr: cfg.listen.to_string(),
-            source,
-        })?;
+        // The socket screengate.socket passed (LISTEN_FDS), checked
+        // against `listen`; else our own.
+        let (tcp, from) = match crate::listen_fds::inherited() {
+            Ok(Some(l)) => (
+                crate::listen_fds::adopt(l, cfg.listen).map_err(ServerError::Inherited)?,
+                "systemd (LISTEN_FDS)",
+            ),
+            Ok(None) => (
+                bind_tcp(cfg.listen).map_err(|source| ServerError::Bind {
+                    what: "gateway listener",
+                    addr: cfg.listen.to_string(),
+                    source,
+                })?,
+                "bound here",
+            ),
+            Err(why) => return Err(ServerError::Inherited(why)),
+        };
         let local: SocketAddr = tcp.local_addr().map_err(|source| ServerError::Bind {
             what: "gateway listener",
             addr: cfg.listen.to_string(),
@@ -111,6 +123,7 @@ impl Server {
         let token_header_display = display_header(cfg.token_header.as_str());
         info!(
             listen = %local,
+            listener = %format!("from {from}"),
             control = %cfg.control_socket.display(),
             backend = %cfg.backend,
             run = ?keys.authority.run_id(),

@@ -27,12 +27,20 @@ pub const BINARIES: [&str; 3] = ["screengate", "screengate-launch", "screengate-
 pub const CONFFILE: &str = "/etc/screengate/screengate.toml";
 /// The server's unit, as installed.
 pub const SYSTEM_UNIT: &str = "/usr/lib/systemd/system/screengate.service";
+/// The server's gateway socket unit, as installed.
+pub const SOCKET_UNIT: &str = "/usr/lib/systemd/system/screengate.socket";
 /// The launcher's user unit, as installed.
 pub const USER_UNIT: &str = "/usr/lib/systemd/user/screengate-launch.service";
 
 /// Files copied from the source tree: (source, path in the package, mode).
 const FILES: &[(&str, &str, u32)] = &[
     ("dist/systemd/screengate.service", SYSTEM_UNIT, 0o644),
+    ("dist/systemd/screengate.socket", SOCKET_UNIT, 0o644),
+    (
+        "dist/systemd/examples/tcp-backend.conf",
+        "/usr/share/doc/screengate/examples/tcp-backend.conf",
+        0o644,
+    ),
     ("dist/systemd/screengate-launch.service", USER_UNIT, 0o644),
     (
         "dist/deb/sysusers.conf",

@@ -36,6 +36,8 @@ mod reload;
 mod rotate;
 #[path = "e2e_sdk.rs"]
 mod sdk;
+#[path = "e2e_sockact.rs"]
+mod sockact;
 #[path = "e2e_stream.rs"]
 mod stream;
 
@@ -992,6 +994,7 @@ fn all_cases() -> Vec<&'static Case> {
         sdk::CASES,
         reload::CASES,
         rotate::CASES,
+        sockact::CASES,
         dist_case::CASES,
         LAST,
     ]

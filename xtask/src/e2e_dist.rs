@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::{Case, Fx, R, case, run_ok, text};
-use crate::dist::{self, BINARIES, CONFFILE, PACKAGE, SYSTEM_UNIT, USER_UNIT};
+use crate::dist::{self, BINARIES, CONFFILE, PACKAGE, SOCKET_UNIT, SYSTEM_UNIT, USER_UNIT};
 use crate::proc::ServerProc;
 
 const GROUP: &str = "dist";
@@ -179,8 +179,11 @@ fn installs_checks_and_removes(fx: &Fx) -> R {
         || Path::new("/etc/systemd/system/multi-user.target.wants/screengate.service")
             .symlink_metadata()
             .is_ok()
+        || Path::new("/etc/systemd/system/sockets.target.wants/screengate.socket")
+            .symlink_metadata()
+            .is_ok()
     {
-        return Err("dpkg -r left the runtime directory or the enable link".into());
+        return Err("dpkg -r left the runtime directory or an enable link".into());
     }
 
     run(Command::new("dpkg").args(["--purge", PACKAGE]))?;
@@ -221,7 +224,9 @@ fn installed_files_are_right(listed: &[PathBuf]) -> R {
     }
     for p in [
         SYSTEM_UNIT,
+        SOCKET_UNIT,
         USER_UNIT,
+        "/usr/share/doc/screengate/examples/tcp-backend.conf",
         "/usr/lib/sysusers.d/screengate.conf",
         "/usr/lib/tmpfiles.d/screengate.conf",
         "/usr/share/doc/screengate/README.md",
@@ -342,7 +347,24 @@ fn check_passes() -> R {
 }
 
 fn units_verify_and_score(base: &Path) -> R {
-    run(Command::new("systemd-analyze").args(["verify", SYSTEM_UNIT]))?;
+    run(Command::new("systemd-analyze").args(["verify", SOCKET_UNIT, SYSTEM_UNIT]))?;
+    // The socket binds what the server checks it against: [gateway] listen.
+    let unit = std::fs::read_to_string(SOCKET_UNIT).map_err(|e| e.to_string())?;
+    let stream = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ListenStream="))
+        .ok_or("no ListenStream= in the socket unit")?;
+    let conf = std::fs::read_to_string(CONFFILE).map_err(|e| e.to_string())?;
+    let listen = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen = \""))
+        .and_then(|r| r.split('"').next())
+        .ok_or("no listen = in the conffile")?;
+    if stream.trim() != listen {
+        return Err(format!(
+            "ListenStream={stream} in {SOCKET_UNIT}, but [gateway] listen = {listen}: the server would refuse the socket"
+        ));
+    }
     // A user manager needs a runtime directory; root has none here.
     let xdg = base.join("dist-xdg");
     std::fs::create_dir_all(&xdg).map_err(|e| e.to_string())?;

@@ -113,25 +113,35 @@ impl ServerProc {
         extra: &[&str],
         env: &[(&str, &Path)],
     ) -> Result<Self> {
-        let logf =
-            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--control")
-            .arg(control)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+        cmd.args(Self::serve_args(state, control, "127.0.0.1:0"))
             .args(extra)
             .env("RUST_LOG", "debug")
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(logf);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
+            .envs(env.iter().map(|(k, v)| (*k, *v)));
+        Self::spawn(cmd, control, log)
+    }
+
+    /// `serve --state-dir STATE --control CONTROL --listen LISTEN`.
+    pub fn serve_args(state: &Path, control: &Path, listen: &str) -> Vec<std::ffi::OsString> {
+        vec![
+            "serve".into(),
+            "--state-dir".into(),
+            state.into(),
+            "--control".into(),
+            control.into(),
+            "--listen".into(),
+            listen.into(),
+        ]
+    }
+
+    /// Runs `cmd` (a `serve` command line, perhaps behind a wrapper that
+    /// execs it) with its stderr in `log`, and waits
+    /// until the control socket accepts (20 s at most).
+    pub fn spawn(mut cmd: Command, control: &Path, log: &Path) -> Result<Self> {
+        let logf =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
+        let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
         let mut me = Self {
             child,
             control: control.to_owned(),
