@@ -293,7 +293,7 @@ fn identity_is_right(svc: &nix::unistd::User, postinst: &str) -> Result<String, 
         ("server.crt", false),
         ("client.crt", false),
     ] {
-        let p = Path::new(STATE).join(f);
+        let p = id_dir().join(f);
         let m = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let mode = m.permissions().mode() & 0o7777;
         let ok_mode = if key {
@@ -322,6 +322,17 @@ fn current_pin() -> Result<String, String> {
     )
 }
 
+/// Where the identity in force lives: `current/` (the generation layout
+/// `init` writes), or the state dir itself (a layout from before).
+fn id_dir() -> PathBuf {
+    let current = Path::new(STATE).join("current");
+    if current.exists() {
+        current
+    } else {
+        PathBuf::from(STATE)
+    }
+}
+
 /// Every identity file's bytes, in a fixed order.
 fn identity_bytes() -> Result<Vec<Vec<u8>>, String> {
     [
@@ -332,7 +343,7 @@ fn identity_bytes() -> Result<Vec<Vec<u8>>, String> {
         "client.crt",
     ]
     .iter()
-    .map(|f| std::fs::read(Path::new(STATE).join(f)).map_err(|e| format!("{f}: {e}")))
+    .map(|f| std::fs::read(id_dir().join(f)).map_err(|e| format!("{f}: {e}")))
     .collect()
 }
 
