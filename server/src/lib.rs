@@ -23,6 +23,7 @@ mod gateway;
 mod limits;
 pub mod listen_fds;
 mod live;
+pub mod logfmt;
 mod native;
 pub mod peer_uid;
 mod pending;

@@ -8,12 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use screengate_server::commands;
 use screengate_server::config::default_state_dir;
+use screengate_server::logfmt::{self, Lines};
 use screengate_server::privilege::{self, NeededDir};
 use screengate_server::{InitOutcomeExt as _, Overrides, Reloader};
-use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{Registry, reload};
+use tracing::level_filters::LevelFilter;
 
 /// Exit code for bad configuration (BSD EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -165,7 +163,7 @@ fn env_log_level() -> Option<LevelFilter> {
 /// `log_level` (which a reload may change), else `info`.
 #[derive(Clone)]
 struct LogLevel {
-    handle: reload::Handle<LevelFilter, Registry>,
+    lines: std::sync::Arc<Lines>,
     from_env: Option<LevelFilter>,
 }
 
@@ -174,25 +172,22 @@ impl LogLevel {
         if self.from_env.is_some() {
             return;
         }
-        if let Err(e) = self.handle.reload(configured.unwrap_or(LevelFilter::INFO)) {
-            tracing::warn!(error = %e, "could not change the log level");
-        }
+        self.lines
+            .set_level(configured.unwrap_or(LevelFilter::INFO));
     }
 }
 
 fn init_tracing(format: LogFormat) -> LogLevel {
     let from_env = env_log_level();
-    let (filter, handle) = reload::Layer::new(from_env.unwrap_or(LevelFilter::INFO));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Text => registry.with(fmt).init(),
-        LogFormat::Json => registry.with(fmt.json()).init(),
+    let format = match format {
+        LogFormat::Text => logfmt::Format::Text,
+        LogFormat::Json => logfmt::Format::Json,
+    };
+    let lines = std::sync::Arc::new(Lines::new(format, from_env.unwrap_or(LevelFilter::INFO)));
+    if tracing::subscriber::set_global_default(lines.clone()).is_err() {
+        eprintln!("screengate: a log subscriber was already installed");
     }
-    LogLevel { handle, from_env }
+    LogLevel { lines, from_env }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {

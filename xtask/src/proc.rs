@@ -35,6 +35,11 @@ pub const RELEASE_PACKAGES: &[&str] = &[
 pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--quiet"]);
+    if std::env::var_os("RUSTFLAGS").is_none()
+        && std::env::var_os("CARGO_ENCODED_RUSTFLAGS").is_none()
+    {
+        cmd.env("CARGO_ENCODED_RUSTFLAGS", remap_flags().join("\x1f"));
+    }
     for p in packages {
         cmd.args(["-p", p]);
     }
@@ -46,6 +51,28 @@ pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
         bail!("release build failed");
     }
     Ok(target_dir().join("release"))
+}
+
+/// `--remap-path-prefix` for every registry source directory and for this
+/// workspace: the release binaries carry panic locations as file paths, and
+/// the build machine's (`/root/.cargo/registry/src/index.crates.io-…/`,
+/// the checkout's path) are neither the device's business nor free — 330
+/// of them cost ~20 KiB of the 4 MiB budget. `clap_lex-1.1.2/src/ext.rs`
+/// still says where a panic was. (docs/decisions.md, the size budget.)
+fn remap_flags() -> Vec<String> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut flags = Vec::new();
+    if let Some(src) = home.map(|h| h.join("registry").join("src"))
+        && let Ok(dirs) = std::fs::read_dir(&src)
+    {
+        for d in dirs.flatten() {
+            flags.push(format!("--remap-path-prefix={}/=", d.path().display()));
+        }
+    }
+    flags.push(format!("--remap-path-prefix={}/=", root().display()));
+    flags
 }
 
 /// `cargo` as invoked by the user (respects `$CARGO`).
