@@ -280,7 +280,25 @@ fn users_are_right(svc: &nix::unistd::User) -> R {
 
 /// The identity exists, the service user's, keys 0600; postinst printed
 /// the pin `screengate pin` reads. Returns the pin.
+/// The generation in force: `STATE/current`, a link to an `id.*`
+/// directory of the service user's, 0700.
+fn generation_dir(svc: &nix::unistd::User) -> Result<PathBuf, String> {
+    let link = Path::new(STATE).join("current");
+    let target = std::fs::read_link(&link).map_err(|e| format!("{}: {e}", link.display()))?;
+    if target.components().count() != 1 || !target.to_string_lossy().starts_with("id.") {
+        return Err(format!("{} -> {}", link.display(), target.display()));
+    }
+    let dir = Path::new(STATE).join(&target);
+    let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mode = m.permissions().mode() & 0o7777;
+    if !m.is_dir() || m.uid() != svc.uid.as_raw() || mode != 0o700 {
+        return Err(format!("{}: uid {} mode {mode:o}", dir.display(), m.uid()));
+    }
+    Ok(dir)
+}
+
 fn identity_is_right(svc: &nix::unistd::User, postinst: &str) -> Result<String, String> {
+    let dir = generation_dir(svc)?;
     for (f, key) in [
         ("device.key", true),
         ("server.key", true),
@@ -288,7 +306,7 @@ fn identity_is_right(svc: &nix::unistd::User, postinst: &str) -> Result<String, 
         ("server.crt", false),
         ("client.crt", false),
     ] {
-        let p = Path::new(STATE).join(f);
+        let p = dir.join(f);
         let m = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let mode = m.permissions().mode() & 0o7777;
         let ok_mode = if key {
@@ -327,7 +345,9 @@ fn identity_bytes() -> Result<Vec<Vec<u8>>, String> {
         "client.crt",
     ]
     .iter()
-    .map(|f| std::fs::read(Path::new(STATE).join(f)).map_err(|e| format!("{f}: {e}")))
+    .map(|f| {
+        std::fs::read(Path::new(STATE).join("current").join(f)).map_err(|e| format!("{f}: {e}"))
+    })
     .collect()
 }
 
