@@ -201,6 +201,15 @@ impl StateDir {
     /// identity: that is `init`'s job.
     pub fn rotate(&self) -> Result<Removal, IdentityError> {
         self.existing_dir("there is no identity to rotate")?;
+        // New keys go only into a dir no one else can change (as `serve`
+        // and `reset` insist): in a loose one another user could swap
+        // generations or `current` around the new identity.
+        if let Some(p) = fsutil::check_path(&self.dir, Kind::PrivateDir, fsutil::euid())
+            .into_iter()
+            .next()
+        {
+            return Err(p);
+        }
         let _lock = generation::lock_writers(&self.dir)?;
         let current = generation::current(&self.dir)?;
         if current.is_none() && !self.has_flat() {
@@ -831,7 +840,9 @@ mod tests {
         let e = s.rotate().unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
         assert!(!s.path().exists(), "rotate created the dir");
-        std::fs::create_dir(s.path()).unwrap();
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(s.path())
+            .unwrap();
         let e = s.rotate().unwrap_err().to_string();
         assert!(e.contains("no identity to rotate"), "{e}");
         assert!(generations(&s).is_empty());
@@ -1036,6 +1047,24 @@ mod tests {
         make_flat(&s);
         s.reset(fsutil::euid()).unwrap();
         assert!(entries(s.path()).is_empty(), "{:?}", entries(s.path()));
+    }
+
+    #[test]
+    fn rotate_refuses_a_loose_dir_writing_nothing() {
+        let (_t, s) = fresh();
+        s.init(false).unwrap();
+        let all = entries(s.path());
+        let pin = s.pin(false).unwrap();
+        for mode in [0o777, 0o770, 0o755, 0o711, 0o701] {
+            std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = s.rotate().unwrap_err().to_string();
+            assert!(e.contains("chmod 700"), "{mode:o}: {e}");
+            assert_eq!(entries(s.path()), all, "{mode:o}");
+        }
+        std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(s.pin(false).unwrap(), pin);
+        s.rotate().unwrap();
+        assert_ne!(s.pin(false).unwrap(), pin);
     }
 
     #[test]
