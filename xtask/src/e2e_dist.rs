@@ -183,12 +183,27 @@ fn installs_checks_and_removes(fx: &Fx) -> R {
         return Err("dpkg -r left the runtime directory or the enable link".into());
     }
 
-    run(Command::new("dpkg").args(["--purge", PACKAGE]))?;
-    for p in [CONFFILE, "/etc/screengate", STATE] {
+    // What the admin put beside the conffile (the SDK's CA, as
+    // docs/sdk-integration.md says) is not the package's to purge; a copy
+    // dpkg left of the conffile is.
+    let admin = Path::new("/etc/screengate/sdk/ca.cert");
+    let dpkg_old = format!("{CONFFILE}.dpkg-old");
+    std::fs::create_dir_all("/etc/screengate/sdk").map_err(|e| e.to_string())?;
+    std::fs::write(admin, "the SDK's CA\n").map_err(|e| e.to_string())?;
+    std::fs::write(&dpkg_old, &conf).map_err(|e| e.to_string())?;
+    let out = run(Command::new("dpkg").args(["--purge", PACKAGE]))?;
+    for p in [CONFFILE, dpkg_old.as_str(), STATE] {
         if Path::new(p).symlink_metadata().is_ok() {
             return Err(format!("{p} is left after dpkg --purge"));
         }
     }
+    if std::fs::read_to_string(admin).ok().as_deref() != Some("the SDK's CA\n") {
+        return Err(format!("dpkg --purge removed {}", admin.display()));
+    }
+    if !out.contains("kept /etc/screengate") {
+        return Err(format!("dpkg --purge did not say what it kept:\n{out}"));
+    }
+    std::fs::remove_dir_all("/etc/screengate").map_err(|e| e.to_string())?;
     if run(Command::new("dpkg-query").args(["-W", PACKAGE])).is_ok() {
         return Err("dpkg still knows the package after --purge".into());
     }
