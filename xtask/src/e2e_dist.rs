@@ -186,12 +186,27 @@ fn installs_checks_and_removes(fx: &Fx) -> R {
         return Err("dpkg -r left the runtime directory or an enable link".into());
     }
 
-    run(Command::new("dpkg").args(["--purge", PACKAGE]))?;
-    for p in [CONFFILE, "/etc/screengate", STATE] {
+    // What the admin put beside the conffile (the SDK's CA, as
+    // docs/sdk-integration.md says) is not the package's to purge; a copy
+    // dpkg left of the conffile is.
+    let admin = Path::new("/etc/screengate/sdk/ca.cert");
+    let dpkg_old = format!("{CONFFILE}.dpkg-old");
+    std::fs::create_dir_all("/etc/screengate/sdk").map_err(|e| e.to_string())?;
+    std::fs::write(admin, "the SDK's CA\n").map_err(|e| e.to_string())?;
+    std::fs::write(&dpkg_old, &conf).map_err(|e| e.to_string())?;
+    let out = run(Command::new("dpkg").args(["--purge", PACKAGE]))?;
+    for p in [CONFFILE, dpkg_old.as_str(), STATE] {
         if Path::new(p).symlink_metadata().is_ok() {
             return Err(format!("{p} is left after dpkg --purge"));
         }
     }
+    if std::fs::read_to_string(admin).ok().as_deref() != Some("the SDK's CA\n") {
+        return Err(format!("dpkg --purge removed {}", admin.display()));
+    }
+    if !out.contains("kept /etc/screengate") {
+        return Err(format!("dpkg --purge did not say what it kept:\n{out}"));
+    }
+    std::fs::remove_dir_all("/etc/screengate").map_err(|e| e.to_string())?;
     if run(Command::new("dpkg-query").args(["-W", PACKAGE])).is_ok() {
         return Err("dpkg still knows the package after --purge".into());
     }
@@ -285,7 +300,25 @@ fn users_are_right(svc: &nix::unistd::User) -> R {
 
 /// The identity exists, the service user's, keys 0600; postinst printed
 /// the pin `screengate pin` reads. Returns the pin.
+/// The generation in force: `STATE/current`, a link to an `id.*`
+/// directory of the service user's, 0700.
+fn generation_dir(svc: &nix::unistd::User) -> Result<PathBuf, String> {
+    let link = Path::new(STATE).join("current");
+    let target = std::fs::read_link(&link).map_err(|e| format!("{}: {e}", link.display()))?;
+    if target.components().count() != 1 || !target.to_string_lossy().starts_with("id.") {
+        return Err(format!("{} -> {}", link.display(), target.display()));
+    }
+    let dir = Path::new(STATE).join(&target);
+    let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mode = m.permissions().mode() & 0o7777;
+    if !m.is_dir() || m.uid() != svc.uid.as_raw() || mode != 0o700 {
+        return Err(format!("{}: uid {} mode {mode:o}", dir.display(), m.uid()));
+    }
+    Ok(dir)
+}
+
 fn identity_is_right(svc: &nix::unistd::User, postinst: &str) -> Result<String, String> {
+    let dir = generation_dir(svc)?;
     for (f, key) in [
         ("device.key", true),
         ("server.key", true),
@@ -293,7 +326,7 @@ fn identity_is_right(svc: &nix::unistd::User, postinst: &str) -> Result<String, 
         ("server.crt", false),
         ("client.crt", false),
     ] {
-        let p = id_dir().join(f);
+        let p = dir.join(f);
         let m = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let mode = m.permissions().mode() & 0o7777;
         let ok_mode = if key {
@@ -322,17 +355,6 @@ fn current_pin() -> Result<String, String> {
     )
 }
 
-/// Where the identity in force lives: `current/` (the generation layout
-/// `init` writes), or the state dir itself (a layout from before).
-fn id_dir() -> PathBuf {
-    let current = Path::new(STATE).join("current");
-    if current.exists() {
-        current
-    } else {
-        PathBuf::from(STATE)
-    }
-}
-
 /// Every identity file's bytes, in a fixed order.
 fn identity_bytes() -> Result<Vec<Vec<u8>>, String> {
     [
@@ -343,7 +365,9 @@ fn identity_bytes() -> Result<Vec<Vec<u8>>, String> {
         "client.crt",
     ]
     .iter()
-    .map(|f| std::fs::read(id_dir().join(f)).map_err(|e| format!("{f}: {e}")))
+    .map(|f| {
+        std::fs::read(Path::new(STATE).join("current").join(f)).map_err(|e| format!("{f}: {e}"))
+    })
     .collect()
 }
 

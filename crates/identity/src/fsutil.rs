@@ -148,11 +148,19 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), IdentityError> {
 }
 
 /// Reads a small regular file without following a symlink in its last
-/// component; `Ok(None)` when it does not exist.
+/// component; `Ok(None)` when it does not exist. Opened `O_NONBLOCK`: a
+/// FIFO in a file's place is refused as not a regular file instead of
+/// blocking the open until a writer comes (`load`, so `serve`, `check`
+/// and `pin`, would hang).
 pub fn read_private(path: &Path) -> Result<Option<Vec<u8>>, IdentityError> {
     let f = OpenOptions::new()
         .read(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
+        .custom_flags(
+            OFlag::O_NOFOLLOW.bits()
+                | OFlag::O_CLOEXEC.bits()
+                | OFlag::O_NONBLOCK.bits()
+                | OFlag::O_NOCTTY.bits(),
+        )
         .open(path);
     let f = match f {
         Ok(f) => f,
@@ -530,6 +538,23 @@ mod tests {
             read_private(&link),
             Err(IdentityError::Permissions { .. })
         ));
+    }
+
+    #[test]
+    fn a_fifo_in_a_files_place_is_refused_not_waited_on() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("server.crt");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(read_private(&p).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        // a hang guard, not a timing claim: the open must not wait for a writer
+        let got = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("read_private blocked on a FIFO");
+        let e = got.unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,9 @@ const CONTROL_SOCKET: &str = "control.sock";
 /// Name of the systemd credential carrying the device key
 /// (`LoadCredentialEncrypted=screengate-device-key:...`).
 pub const CREDENTIAL_NAME: &str = "screengate-device-key";
+/// How often a read of the identity in force is tried while a writer keeps
+/// switching it ([`StateDir::load`]).
+const READ_TRIES: u32 = 3;
 
 /// What `init` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +201,15 @@ impl StateDir {
     /// identity: that is `init`'s job.
     pub fn rotate(&self) -> Result<Removal, IdentityError> {
         self.existing_dir("there is no identity to rotate")?;
+        // New keys go only into a dir no one else can change (as `serve`
+        // and `reset` insist): in a loose one another user could swap
+        // generations or `current` around the new identity.
+        if let Some(p) = fsutil::check_path(&self.dir, Kind::PrivateDir, fsutil::euid())
+            .into_iter()
+            .next()
+        {
+            return Err(p);
+        }
         let _lock = generation::lock_writers(&self.dir)?;
         let current = generation::current(&self.dir)?;
         if current.is_none() && !self.has_flat() {
@@ -393,17 +405,37 @@ impl StateDir {
     /// one generation only; one that a concurrent `rotate` switched away
     /// from (and removed) mid-read is read again from the new one.
     pub fn load(&self) -> Result<Identity, IdentityError> {
+        self.settled(|files| self.load_from(files))
+    }
+
+    /// Runs `read` on the identity in force and keeps its result only if
+    /// `current` still names the same generation afterwards; else reads
+    /// again (at most [`READ_TRIES`] times). A writer removes a generation
+    /// only after switching away from it, overwriting its files in place
+    /// (`fsutil::shred`): a read that overlapped that could have taken a
+    /// zeroed `device.key` beside intact certificates, a mix that parses.
+    /// Unchanged `current` after the read proves no removal had begun.
+    fn settled<T>(
+        &self,
+        mut read: impl FnMut(&Files) -> Result<T, IdentityError>,
+    ) -> Result<T, IdentityError> {
         let mut tries = 0;
         loop {
             let files = self.files()?;
-            match self.load_from(&files) {
-                Ok(id) => return Ok(id),
-                Err(e) => {
-                    tries += 1;
-                    if tries >= 3 || self.files()?.generation == files.generation {
-                        return Err(e);
-                    }
-                }
+            let got = read(&files);
+            if self.files()?.generation == files.generation {
+                return got;
+            }
+            tries += 1;
+            if tries >= READ_TRIES {
+                return got.and_then(|_| {
+                    Err(IdentityError::Busy {
+                        path: self.dir.clone(),
+                        what: format!(
+                            "the identity in force changed during each of {READ_TRIES} reads (a `screengate rotate` running?); try again"
+                        ),
+                    })
+                });
             }
         }
     }
@@ -441,19 +473,7 @@ impl StateDir {
     /// The pin of the server (or client) certificate in force, from the
     /// cert alone.
     pub fn pin(&self, client: bool) -> Result<Pin, IdentityError> {
-        let mut tries = 0;
-        loop {
-            let files = self.files()?;
-            match cert_pin(&files, if client { CLIENT_CRT } else { SERVER_CRT }) {
-                Ok(p) => return Ok(p),
-                Err(e) => {
-                    tries += 1;
-                    if tries >= 3 || self.files()?.generation == files.generation {
-                        return Err(e);
-                    }
-                }
-            }
-        }
+        self.settled(|files| cert_pin(files, if client { CLIENT_CRT } else { SERVER_CRT }))
     }
 
     /// Every ownership/permission problem of the state dir and the
@@ -686,6 +706,81 @@ mod tests {
         assert!(e.to_string().contains("does not belong"), "{e}");
     }
 
+    /// A reader that looked at `current` just before a rotate switched
+    /// it, reading while the rotate removes the old generation: the old
+    /// `device.key` already overwritten with zeros (`fsutil::shred`, in
+    /// directory order: creation order on btrfs, on ext4 without
+    /// dir_index), its certificates not yet. Those parse and match; only
+    /// the generation check after the read stops the zero key.
+    #[test]
+    fn a_read_overlapping_a_rotate_never_returns_a_half_removed_identity() {
+        use std::io::Write as _;
+        let (t, s) = fresh();
+        s.init(false).unwrap();
+        let other = StateDir::new(t.path().join("other"), None);
+        other.init(false).unwrap();
+        let theirs = other.load().unwrap();
+        let of = other.files().unwrap();
+        let bytes: Vec<(&'static str, Vec<u8>, u32)> = FILES
+            .iter()
+            .map(|n| {
+                let mode = if n.ends_with(".crt") { 0o644 } else { 0o600 };
+                (*n, std::fs::read(of.file(n)).unwrap(), mode)
+            })
+            .collect();
+        let parts: Vec<generation::Part<'_>> = bytes
+            .iter()
+            .map(|(n, b, m)| (*n, b.as_slice(), *m))
+            .collect();
+        let mut reads = 0;
+        let id = s
+            .settled(|files| {
+                reads += 1;
+                if reads == 1 {
+                    let b = generation::write(s.path(), &parts).unwrap();
+                    generation::switch(s.path(), &b).unwrap();
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(files.file(DEVICE_KEY))
+                        .unwrap();
+                    f.write_all(&[0u8; DEVICE_KEY_LEN]).unwrap();
+                }
+                s.load_from(files)
+            })
+            .unwrap();
+        assert_eq!(
+            reads, 2,
+            "the read that overlapped the switch is done again"
+        );
+        assert_ne!(id.device_key.expose_secret(), &[0u8; DEVICE_KEY_LEN]);
+        assert_eq!(
+            id.device_key.expose_secret(),
+            theirs.device_key.expose_secret()
+        );
+        assert_eq!(id.server_pin, theirs.server_pin);
+        assert_eq!(id.client_pin, theirs.client_pin);
+    }
+
+    /// A writer that keeps switching: the reads give up, saying why,
+    /// rather than return an identity no longer in force.
+    #[test]
+    fn reads_give_up_on_an_identity_that_keeps_changing() {
+        let (_t, s) = fresh();
+        s.init(false).unwrap();
+        let mut reads = 0;
+        let e = s
+            .settled(|files| {
+                reads += 1;
+                let got = s.load_from(files);
+                s.rotate().unwrap();
+                got
+            })
+            .unwrap_err();
+        assert_eq!(reads, READ_TRIES);
+        assert!(matches!(e, IdentityError::Busy { .. }), "{e}");
+        assert!(e.to_string().contains("changed during"), "{e}");
+    }
+
     #[test]
     fn device_key_from_credential_dir_is_used_and_not_written() {
         let t = tempfile::tempdir().unwrap();
@@ -745,7 +840,9 @@ mod tests {
         let e = s.rotate().unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
         assert!(!s.path().exists(), "rotate created the dir");
-        std::fs::create_dir(s.path()).unwrap();
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(s.path())
+            .unwrap();
         let e = s.rotate().unwrap_err().to_string();
         assert!(e.contains("no identity to rotate"), "{e}");
         assert!(generations(&s).is_empty());
@@ -950,6 +1047,24 @@ mod tests {
         make_flat(&s);
         s.reset(fsutil::euid()).unwrap();
         assert!(entries(s.path()).is_empty(), "{:?}", entries(s.path()));
+    }
+
+    #[test]
+    fn rotate_refuses_a_loose_dir_writing_nothing() {
+        let (_t, s) = fresh();
+        s.init(false).unwrap();
+        let all = entries(s.path());
+        let pin = s.pin(false).unwrap();
+        for mode in [0o777, 0o770, 0o755, 0o711, 0o701] {
+            std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = s.rotate().unwrap_err().to_string();
+            assert!(e.contains("chmod 700"), "{mode:o}: {e}");
+            assert_eq!(entries(s.path()), all, "{mode:o}");
+        }
+        std::fs::set_permissions(s.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(s.pin(false).unwrap(), pin);
+        s.rotate().unwrap();
+        assert_ne!(s.pin(false).unwrap(), pin);
     }
 
     #[test]

@@ -16,6 +16,9 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
+/// The longest one state message waits for room in the manager's queue.
+pub const SEND_WAIT: Duration = Duration::from_millis(500);
+
 /// A connection to the service manager, if there is one.
 #[derive(Debug)]
 pub struct Notifier {
@@ -47,7 +50,14 @@ impl Notifier {
                 Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
                 None => SocketAddr::from_pathname(&p),
             };
-            match (UnixDatagram::unbound(), addr) {
+            // A bounded wait: a manager that stops reading fills the queue
+            // (net.unix.max_dgram_qlen, 10 on some systems), and an
+            // unbounded send would wedge the runtime thread that sends
+            // (libsystemd's sd_notify waits forever); not waiting at all
+            // would lose a READY=1 in a burst at boot.
+            let sock = UnixDatagram::unbound()
+                .and_then(|s| s.set_write_timeout(Some(SEND_WAIT)).map(|()| s));
+            match (sock, addr) {
                 (Ok(s), Ok(a)) => Some((s, a)),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable; not notifying");
@@ -63,8 +73,9 @@ impl Notifier {
         Notifier { to, watchdog }
     }
 
-    /// Sends one state message; failures are logged, never fatal (the
-    /// service manager restarting or a full queue must not stop serving).
+    /// Sends one state message, waiting at most [`SEND_WAIT`] for room;
+    /// failures (a queue still full included) are logged, never fatal (the
+    /// service manager restarting or not reading must not stop serving).
     pub fn send(&self, state: &str) {
         if let Some((s, addr)) = &self.to
             && let Err(e) = s.send_to_addr(state.as_bytes(), addr)
@@ -144,6 +155,38 @@ mod tests {
         let n = Notifier::from_vars(None, Some("3000000"), None);
         assert_eq!(n.ping_every(), None);
         n.send("READY=1");
+    }
+
+    /// A receiver that stops reading (a wedged or hostile service
+    /// manager): once its queue is full a send gives up after
+    /// [`SEND_WAIT`] instead of blocking the runtime thread that called
+    /// it (the watchdog task, the launcher's event loop) for good.
+    #[test]
+    fn a_receiver_that_never_reads_never_blocks_a_send() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("notify");
+        let _deaf = UnixDatagram::bind(&path).unwrap();
+        // fill its queue (net.unix.max_dgram_qlen) from a socket of our own
+        let filler = UnixDatagram::unbound().unwrap();
+        filler.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        while filler.send_to(b"STATUS=filler", &path).is_ok() {
+            queued += 1;
+            assert!(queued < 1_000_000, "the queue never filled");
+        }
+        let n = Notifier::from_vars(Some(path.as_os_str()), None, None);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                n.send("WATCHDOG=1");
+            }
+            let _ = done.send(());
+        });
+        // a hang guard, not a timing claim: three bounded waits
+        assert!(
+            finished.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "a send blocked on a full notify queue"
+        );
     }
 
     #[test]
