@@ -198,6 +198,9 @@ async fn connect_time(fx: &Fx) -> Result<Duration, String> {
     Ok(el)
 }
 
+/// How long the bad-token flood runs at most (it stops sooner at 20,000).
+const FLOOD_FOR: Duration = Duration::from_secs(30);
+
 async fn flood(fx: &Fx) -> R {
     let mut idle = Vec::new();
     for _ in 0..20 {
@@ -205,19 +208,26 @@ async fn flood(fx: &Fx) -> R {
     }
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let answered = Arc::new(AtomicU64::new(0));
+    // Bounded in count and in time, and the time bound is well inside the
+    // harness's 60 s per case: how many handshakes fit is the machine's
+    // business (a benchmark's), not this test's. What it asserts holds at
+    // any speed: every answered bad token is a 403, and the display gets in.
+    let deadline = Instant::now() + FLOOD_FOR;
     let total: u64 = 20_000;
     let workers: Vec<_> = (0..48)
         .map(|_| {
-            let (sent, refused) = (sent.clone(), refused.clone());
+            let (sent, refused, answered) = (sent.clone(), refused.clone(), answered.clone());
             let (addr, pin, port) = (fx.addr, fx.pin, fx.port());
             tokio::spawn(async move {
                 while sent.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
                     let req = Request::display(port, Some("AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
-                    if let Ok((r, _)) = handshake(addr, pin, &req).await
-                        && r.status == 403 {
+                    if let Ok((r, _)) = handshake(addr, pin, &req).await {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        if r.status == 403 {
                             refused.fetch_add(1, Ordering::Relaxed);
                         }
+                    }
                 }
             })
         })
@@ -250,9 +260,19 @@ async fn flood(fx: &Fx) -> R {
             "{failures} of 20 display connects failed under the flood"
         ));
     }
-    if n < 19_000 {
+    let a = answered.load(Ordering::Relaxed);
+    if n != a {
         return Err(format!(
-            "only {n} of {total} bad handshakes were refused (the rest errored)"
+            "{} of {a} answered bad-token handshakes were not a 403",
+            a - n
+        ));
+    }
+    // The flood must have been one: at least the display's own 20 connects
+    // many times over, and most attempts answered (not reset).
+    let tried = sent.load(Ordering::Relaxed).min(total);
+    if a < 1_000 || a * 10 < tried * 9 {
+        return Err(format!(
+            "only {a} of {tried} bad handshakes were answered (the rest errored)"
         ));
     }
     Ok(())
