@@ -70,6 +70,54 @@ pub enum ConfigError {
     },
 }
 
+impl crate::exit::ExitStatus for ConfigError {
+    fn exit_kind(&self) -> crate::exit::ExitKind {
+        use crate::exit::ExitKind;
+        match self {
+            Self::Read { source, .. } => match source.kind() {
+                std::io::ErrorKind::PermissionDenied => ExitKind::Permission,
+                _ => ExitKind::Config,
+            },
+            // may have been written by someone else: a wrong owner or mode
+            Self::Untrusted { .. } => ExitKind::Permission,
+            Self::Parse { .. } | Self::Invalid { .. } => ExitKind::Config,
+        }
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::ConfigError as E;
+    use crate::exit::ExitStatus as _;
+
+    #[test]
+    fn exit_codes_by_variant() {
+        let read = |k| E::Read {
+            path: "/etc/screengate.toml".into(),
+            source: std::io::Error::from(k),
+        };
+        assert_eq!(read(std::io::ErrorKind::NotFound).exit_code(), 64);
+        assert_eq!(read(std::io::ErrorKind::PermissionDenied).exit_code(), 77);
+        let untrusted = E::Untrusted {
+            path: "/etc/screengate.toml".into(),
+            what: "owned by uid 1000".into(),
+            fix: "chown root".into(),
+        };
+        assert_eq!(untrusted.exit_code(), 77);
+        let parse = E::Parse {
+            path: "/etc/screengate.toml".into(),
+            message: "unknown field".into(),
+        };
+        assert_eq!(parse.exit_code(), 64);
+        let invalid = E::Invalid {
+            origin: "command line".into(),
+            key: "listen",
+            message: "not loopback".into(),
+        };
+        assert_eq!(invalid.exit_code(), 64);
+    }
+}
+
 /// The config file, exactly as written. Every table refuses unknown keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,32 +274,45 @@ pub struct ControlSection {
     pub mint_rate_per_sec: Option<u32>,
 }
 
-/// Command-line values that override the file.
-#[derive(Debug, Default, Clone)]
+/// Command-line values that override the file (`screengate serve`'s
+/// flags: `clap` reads them straight into this).
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
-    /// `--state-dir`.
+    /// State directory (device identity); overrides `state_dir`.
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// `--listen`.
+    /// Gateway listen address (loopback); overrides `[gateway] listen`.
+    #[arg(long)]
     pub listen: Option<String>,
-    /// `--control`.
+    /// Control socket path; overrides `[control] socket`.
+    #[arg(long)]
     pub control: Option<PathBuf>,
-    /// `--backend`.
+    /// Backend: demo, unix:PATH, ws://127.0.0.1:PORT/PATH or wss://...
+    #[arg(long)]
     pub backend: Option<String>,
-    /// `--token-ttl`.
+    /// Token lifetime (e.g. 30s); overrides `[tokens] ttl`.
+    #[arg(long)]
     pub token_ttl: Option<String>,
-    /// `--allow-uid` (replaces the file's list when given).
+    /// Uid allowed to mint (repeatable; replaces the file's list when given).
+    #[arg(long = "allow-uid", value_name = "ALLOW_UID")]
     pub allow_uids: Vec<u32>,
-    /// `--origin` (replaces the file's list when given).
+    /// Allowed page origin (repeatable; replaces the file's list when given).
+    #[arg(long = "origin", value_name = "ORIGIN")]
     pub origins: Vec<String>,
-    /// `--user`.
+    /// Started as root: prepare directories for this user and drop to it for good.
+    #[arg(long)]
     pub user: Option<String>,
-    /// `--native-socket`.
+    /// Unix socket for native display clients.
+    #[arg(long)]
     pub native_socket: Option<PathBuf>,
-    /// `--native-tls`.
+    /// TLS on the native socket: off, server or mutual.
+    #[arg(long)]
     pub native_tls: Option<String>,
-    /// `--native-allow-uid` (replaces the file's list when given).
+    /// Uid allowed on the native socket (repeatable; replaces the file's list when given).
+    #[arg(long = "native-allow-uid", value_name = "NATIVE_ALLOW_UID")]
     pub native_allow_uids: Vec<u32>,
-    /// `--native-require-token`.
+    /// Require a token on the native socket (default: unless --native-tls mutual).
+    #[arg(long)]
     pub native_require_token: Option<bool>,
 }
 

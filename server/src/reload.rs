@@ -20,7 +20,7 @@ pub(crate) fn reload(shared: &Shared, reloader: &Reloader) -> Outcome {
     };
     let problems = crate::commands::check(Ok(new.clone()));
     if !problems.is_empty() {
-        return Outcome::Refused(problems);
+        return Outcome::Refused(problems.iter().map(ToString::to_string).collect());
     }
     let uid = fsutil::euid();
     let identity =

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Case, Fx, R, TempUser, case, run_cmd as run, text};
+use super::{Case, EX_NOPERM, EX_USAGE, Fx, R, TempUser, case, run_cmd as run, text};
 use crate::proc::ServerProc;
 
 const GROUP: &str = "privilege";
@@ -57,7 +57,9 @@ fn root_refused(fx: &Fx) -> R {
         vec!["reset"],
     ] {
         let o = run(screengate(fx).args(&args).arg("--state-dir").arg(&d))?;
-        if o.status.code() != Some(64) || !text(&o).contains("root execution is not permitted") {
+        if o.status.code() != Some(EX_NOPERM)
+            || !text(&o).contains("root execution is not permitted")
+        {
             return Err(format!(
                 "{args:?} as root: exit {:?}: {}",
                 o.status.code(),
@@ -198,7 +200,7 @@ fn writable_exe(fx: &Fx) -> R {
             "--state-dir",
         ])
         .arg(fx.base.join("state-wexe")))?;
-    if o.status.code() != Some(64)
+    if o.status.code() != Some(EX_NOPERM)
         || !text(&o).contains("owned by the service user")
         || !text(&o).contains(&exe.display().to_string())
     {
@@ -221,7 +223,7 @@ fn writable_exe(fx: &Fx) -> R {
             "--state-dir",
         ])
         .arg(fx.base.join("state-wexe")))?;
-    if o.status.code() != Some(64) || !text(&o).contains(&dir.display().to_string()) {
+    if o.status.code() != Some(EX_NOPERM) || !text(&o).contains(&dir.display().to_string()) {
         return Err(format!(
             "svc-owned directory: exit {:?}: {}",
             o.status.code(),
@@ -366,7 +368,7 @@ fn loose(fx: &Fx) -> R {
         .arg(&cfg)
         .arg("--state-dir")
         .arg(&dir))?;
-    if o.status.code() != Some(64) || !text(&o).contains(&cfg.display().to_string()) {
+    if o.status.code() != Some(EX_NOPERM) || !text(&o).contains(&cfg.display().to_string()) {
         return Err(format!("serve with group-writable config: {}", text(&o)));
     }
     let after = check_as_svc(fx, &dir, None)?;
@@ -657,8 +659,15 @@ fn svc_serve_cmd(fx: &Fx, name: &str, cfg: &Path) -> Result<Command, String> {
 }
 
 /// `serve --user svc --config cfg` (with its own state dir and control
-/// socket) must exit 64 at once with every `needles` in its output.
-fn serve_refused(fx: &Fx, name: &str, cfg: &Path, extra: &[&str], needles: &[&str]) -> R {
+/// socket) must exit `code` at once with every `needles` in its output.
+fn serve_refused(
+    fx: &Fx,
+    name: &str,
+    cfg: &Path,
+    extra: &[&str],
+    needles: &[&str],
+    code: i32,
+) -> R {
     let mut cmd = svc_serve_cmd(fx, name, cfg)?;
     cmd.args(extra);
     if !extra.contains(&"--state-dir") {
@@ -670,7 +679,9 @@ fn serve_refused(fx: &Fx, name: &str, cfg: &Path, extra: &[&str], needles: &[&st
         None => Err(format!(
             "{name}: the server started and served (Groups: {groups:?}); output: {out}"
         )),
-        Some(st) if st.code() != Some(64) => Err(format!("{name}: exit {:?}: {out}", st.code())),
+        Some(st) if st.code() != Some(code) => {
+            Err(format!("{name}: exit {:?} (want {code}): {out}", st.code()))
+        }
         Some(_) => match needles.iter().find(|n| !out.contains(**n)) {
             Some(n) => Err(format!("{name}: refusal does not say {n:?}: {out}")),
             None => Ok(()),
@@ -683,7 +694,14 @@ fn config_owned_by_svc(fx: &Fx) -> R {
     let cfg = fx.base.join("cfg-svc-owned.toml");
     write_config(&cfg, "[control]\ngroup = \"disk\"\n", (u.uid, u.gid), 0o600)?;
     let c = cfg.display().to_string();
-    serve_refused(fx, "cfgsvc", &cfg, &[], &[&c, "owned by uid", "root"])?;
+    serve_refused(
+        fx,
+        "cfgsvc",
+        &cfg,
+        &[],
+        &[&c, "owned by uid", "root"],
+        EX_NOPERM,
+    )?;
     // check says the same, and neither leaves anything behind
     let o = run(screengate(fx)
         .args(["check", "--user", &u.user, "--config"])
@@ -703,7 +721,14 @@ fn foreign_group(fx: &Fx) -> R {
     // root-owned, trusted config; the group is one the user is not in
     let cfg = fx.base.join("cfg-disk.toml");
     write_config(&cfg, "[control]\ngroup = \"disk\"\n", (0, 0), 0o600)?;
-    serve_refused(fx, "cfgdisk", &cfg, &[], &["disk", "not a member"])?;
+    serve_refused(
+        fx,
+        "cfgdisk",
+        &cfg,
+        &[],
+        &["disk", "not a member"],
+        EX_USAGE,
+    )?;
     if fx.base.join("state-cfgdisk").exists() {
         return Err("the state dir was created although the start was refused".into());
     }
@@ -722,7 +747,7 @@ fn untrusted_config(fx: &Fx) -> R {
     write_config(&cfg, &body, (0, 0), 0o666)?;
     let mut cmd = svc_serve_cmd(fx, "cfg0666", &cfg)?;
     let (st, out, _) = run_briefly(&mut cmd, &fx.base.join("cfg0666.out"), 5)?;
-    if st.map(|s| s.code()) != Some(Some(64)) || !out.contains(&cfg.display().to_string()) {
+    if st.map(|s| s.code()) != Some(Some(EX_NOPERM)) || !out.contains(&cfg.display().to_string()) {
         return Err(format!("0666 config: {st:?}: {out}"));
     }
     if chosen.exists() {
@@ -738,7 +763,14 @@ fn untrusted_config(fx: &Fx) -> R {
         .map_err(|e| e.to_string())?;
     let cfg2 = open.join("screengate.toml");
     write_config(&cfg2, &body, (0, 0), 0o600)?;
-    serve_refused(fx, "cfgopendir", &cfg2, &[], &[&open.display().to_string()])?;
+    serve_refused(
+        fx,
+        "cfgopendir",
+        &cfg2,
+        &[],
+        &[&open.display().to_string()],
+        EX_NOPERM,
+    )?;
     // 3. a symbolic link to a good file: not followed
     let good = fx.base.join("cfg-good.toml");
     write_config(&good, &body, (0, 0), 0o600)?;
@@ -751,6 +783,7 @@ fn untrusted_config(fx: &Fx) -> R {
         &link,
         &[],
         &[&link.display().to_string(), "symbolic link"],
+        EX_NOPERM,
     )?;
     if chosen.exists() {
         return Err(format!("{} was created", chosen.display()));
@@ -777,6 +810,7 @@ fn safe_parents(fx: &Fx) -> R {
             &empty,
             &["--state-dir", &st],
             &[&parent.display().to_string()],
+            EX_NOPERM,
         )?;
         if state.exists() {
             return Err(format!(
@@ -811,6 +845,7 @@ fn safe_parents(fx: &Fx) -> R {
             &empty,
             &["--state-dir", &st],
             &[&link.display().to_string(), "symbolic link"],
+            EX_NOPERM,
         )?;
     }
     for made in ["pwn.d", "deeper"] {
@@ -874,7 +909,7 @@ fn demo_backend_root(fx: &Fx) -> R {
     cmd.args(["demo-backend", "--unix"]).arg(&sock);
     let (st, out, _) = run_briefly(&mut cmd, &fx.base.join("demo-root.out"), 3)?;
     let bound = sock.exists();
-    if st.map(|s| s.code()) != Some(Some(64))
+    if st.map(|s| s.code()) != Some(Some(EX_NOPERM))
         || !out.contains("root execution is not permitted")
         || bound
     {
