@@ -273,9 +273,11 @@ pub fn check(config: Option<&Path>, state_dir: Option<PathBuf>, user: Option<Str
 pub fn mint(control: Option<PathBuf>, channel: String) -> Outcome {
     let control = control.unwrap_or_else(|| default_state_dir().join("control.sock"));
     let Ok(channel) = channel.parse() else {
+        // refused locally as the server would refuse it: exit 1, as a
+        // refusal in the reply (docs/decisions.md 82)
         let e = screengate_control::RequestError::UnknownChannel(channel);
         eprintln!("screengate: {e}");
-        return Err(ExitKind::Config.code());
+        return Err(1);
     };
     let rt = runtime()?;
     let reply = rt

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Case, EX_NOPERM, EX_USAGE, Fx, R, TempUser, case, run_cmd as run, text};
+use super::{
+    Case, EX_NOPERM, EX_UNAVAILABLE, EX_USAGE, Fx, R, TempUser, case, run_cmd as run, text,
+};
 use crate::proc::ServerProc;
 
 const GROUP: &str = "privilege";
@@ -33,6 +35,7 @@ pub(super) const CASES: &[Case] = &[
     case!(Root "dirs_created_only_under_safe_parents" => safe_parents),
     case!(Root "no_new_privs_and_empty_bounding_set" => no_new_privs),
     case!(Root "demo_backend_refuses_root" => demo_backend_root),
+    case!(Root "listen_address_in_use_exits_unavailable" => address_in_use),
     case!(Root "default_state_dir_is_the_service_users" => default_state_dir),
     case!(Root "token_used_from_another_uid_refused_then_right_uid_succeeds" => async peer_uid_bound),
 ];
@@ -901,6 +904,25 @@ fn no_new_privs(fx: &Fx) -> R {
     } else {
         Err(wrong.join("; "))
     }
+}
+
+/// A listen address another socket holds: exit 69 (`EX_UNAVAILABLE`),
+/// naming the address, not 64 (the config is fine) nor 71.
+fn address_in_use(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = taken.local_addr().map_err(|e| e.to_string())?.to_string();
+    let mut cmd = screengate(fx);
+    cmd.args(["serve", "--user", &u.user, "--listen", &addr, "--control"])
+        .arg(fx.base.join("run/inuse/c.sock"))
+        .arg("--state-dir")
+        .arg(fx.base.join("state-inuse"));
+    let (st, out, _) = run_briefly(&mut cmd, &fx.base.join("inuse.out"), 20)?;
+    drop(taken);
+    if st.map(|s| s.code()) != Some(Some(EX_UNAVAILABLE)) || !out.contains(&addr) {
+        return Err(format!("serve on a taken address {addr}: {st:?}: {out}"));
+    }
+    Ok(())
 }
 
 fn demo_backend_root(fx: &Fx) -> R {
