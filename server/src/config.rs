@@ -118,6 +118,97 @@ mod exit_tests {
     }
 }
 
+/// A value refused while parsing, with the key it was given for; in a
+/// file it reaches the reader through the TOML error (file, line, key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadValue {
+    /// The key.
+    pub key: &'static str,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+impl std::fmt::Display for BadValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
+/// The gateway's listen address: an `IP:PORT` on loopback (127.0.0.0/8 or
+/// ::1), parsed and checked once, from the file or `--listen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ListenAddr(SocketAddr);
+
+impl ListenAddr {
+    /// `127.0.0.1:8933` ([`DEFAULT_LISTEN`]).
+    pub const DEFAULT: Self = Self(SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        8933,
+    )));
+
+    /// The address.
+    #[must_use]
+    pub const fn get(self) -> SocketAddr {
+        self.0
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = BadValue;
+
+    fn try_from(text: String) -> Result<Self, BadValue> {
+        let bad = |message| BadValue {
+            key: "listen",
+            message,
+        };
+        let addr: SocketAddr = text
+            .parse()
+            .map_err(|_| bad(format!("`{text}` is not an IP:PORT address")))?;
+        if !addr.ip().is_loopback() {
+            return Err(bad(format!(
+                "`{addr}` is not a loopback address; screengate only listens on 127.0.0.0/8 or ::1"
+            )));
+        }
+        Ok(Self(addr))
+    }
+}
+
+/// A token lifetime: humantime text (`"30s"`), more than zero and at most
+/// [`screengate_token::MAX_TTL`], from the file or `--token-ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Ttl(Duration);
+
+impl Ttl {
+    /// The lifetime.
+    #[must_use]
+    pub const fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl TryFrom<String> for Ttl {
+    type Error = BadValue;
+
+    fn try_from(text: String) -> Result<Self, BadValue> {
+        let bad = |message| BadValue {
+            key: "ttl",
+            message,
+        };
+        let ttl = humantime::parse_duration(&text)
+            .map_err(|e| bad(format!("`{text}` is not a duration ({e}); e.g. \"30s\"")))?;
+        if ttl.is_zero() || ttl > screengate_token::MAX_TTL {
+            return Err(bad(format!(
+                "{} is outside (0, {}]: a token is for a handshake that follows within seconds",
+                humantime::format_duration(ttl),
+                humantime::format_duration(screengate_token::MAX_TTL)
+            )));
+        }
+        Ok(Self(ttl))
+    }
+}
+
 /// The config file, exactly as written. Every table refuses unknown keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,7 +257,7 @@ pub struct BackendTlsSection {
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     /// TLS listen address (loopback only).
-    pub listen: Option<String>,
+    pub listen: Option<ListenAddr>,
     /// WebSocket path.
     pub path: Option<String>,
     /// Exact allowed `Origin` values.
@@ -253,7 +344,7 @@ pub struct NativeConfig {
 #[serde(deny_unknown_fields)]
 pub struct TokensSection {
     /// Token life, humantime ("30s").
-    pub ttl: Option<String>,
+    pub ttl: Option<Ttl>,
     /// Header the token travels in.
     pub header: Option<String>,
 }
@@ -669,27 +760,13 @@ impl Config {
             }
         };
 
-        let listen_flag = o.listen.is_some();
-        let listen_text = o
-            .listen
-            .or(file.gateway.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            invalid(
-                listen_flag,
-                "listen",
-                format!("`{listen_text}` is not an IP:PORT address"),
-            )
-        })?;
-        if !listen.ip().is_loopback() {
-            return Err(invalid(
-                listen_flag,
-                "listen",
-                format!(
-                    "`{listen}` is not a loopback address; screengate only listens on 127.0.0.0/8 or ::1"
-                ),
-            ));
+        let listen = match o.listen {
+            Some(text) => {
+                ListenAddr::try_from(text).map_err(|e| invalid(true, e.key, e.message))?
+            }
+            None => file.gateway.listen.unwrap_or(ListenAddr::DEFAULT),
         }
+        .get();
 
         let path = file.gateway.path.unwrap_or_else(|| DEFAULT_PATH.into());
         if !path.starts_with('/') || path == "/" || path.contains(['?', '#', ' ']) {
@@ -771,28 +848,12 @@ impl Config {
             ));
         }
 
-        let ttl_flag = o.token_ttl.is_some();
-        let token_ttl = match o.token_ttl.or(file.tokens.ttl) {
-            None => DEFAULT_TTL,
-            Some(t) => humantime::parse_duration(&t).map_err(|e| {
-                invalid(
-                    ttl_flag,
-                    "ttl",
-                    format!("`{t}` is not a duration ({e}); e.g. \"30s\""),
-                )
-            })?,
+        let token_ttl = match o.token_ttl {
+            Some(text) => Ttl::try_from(text)
+                .map_err(|e| invalid(true, e.key, e.message))?
+                .get(),
+            None => file.tokens.ttl.map_or(DEFAULT_TTL, Ttl::get),
         };
-        if token_ttl.is_zero() || token_ttl > screengate_token::MAX_TTL {
-            return Err(invalid(
-                ttl_flag,
-                "ttl",
-                format!(
-                    "{} is outside (0, {}]: a token is for a handshake that follows within seconds",
-                    humantime::format_duration(token_ttl),
-                    humantime::format_duration(screengate_token::MAX_TTL)
-                ),
-            ));
-        }
 
         let header_text = file
             .tokens
@@ -1401,6 +1462,61 @@ group = "display"
         ] {
             let e = resolve(text, Overrides::default()).unwrap_err().to_string();
             assert!(e.contains("/etc/screengate.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn listen_and_ttl_in_the_file_are_refused_naming_file_and_key() {
+        for (text, key, what) in [
+            (
+                "[gateway]\nlisten = \"0.0.0.0:8933\"",
+                "`listen`",
+                "not a loopback address",
+            ),
+            (
+                "[gateway]\nlisten = \"[::]:8933\"",
+                "`listen`",
+                "not a loopback address",
+            ),
+            (
+                "[gateway]\nlisten = \"localhost:8933\"",
+                "`listen`",
+                "not an IP:PORT",
+            ),
+            ("[tokens]\nttl = \"11m\"", "`ttl`", "is outside"),
+            ("[tokens]\nttl = \"0s\"", "`ttl`", "is outside"),
+            ("[tokens]\nttl = \"soon\"", "`ttl`", "not a duration"),
+        ] {
+            let e = resolve(text, Overrides::default()).unwrap_err().to_string();
+            assert!(
+                e.contains("/etc/screengate.toml") && e.contains(key) && e.contains(what),
+                "{text}: {e}"
+            );
+        }
+        let c = resolve(
+            "[gateway]\nlisten = \"[::1]:9000\"\n[tokens]\nttl = \"10m\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "[::1]:9000");
+        assert_eq!(c.token_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_newtypes_hold_only_what_they_accept() {
+        assert_eq!(ListenAddr::DEFAULT.get().to_string(), DEFAULT_LISTEN);
+        assert!(ListenAddr::try_from("127.0.0.2:1".to_owned()).is_ok());
+        for bad in ["10.0.0.1:1", "127.0.0.1", "", "127.0.0.1:99999"] {
+            let e = ListenAddr::try_from(bad.to_owned()).unwrap_err();
+            assert_eq!(e.key, "listen", "{bad}");
+        }
+        assert_eq!(
+            Ttl::try_from("1ms".to_owned()).unwrap().get(),
+            Duration::from_millis(1)
+        );
+        for bad in ["0s", "11m", "-1s", "30"] {
+            let e = Ttl::try_from(bad.to_owned()).unwrap_err();
+            assert_eq!(e.key, "ttl", "{bad}");
         }
     }
 
