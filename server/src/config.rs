@@ -324,6 +324,89 @@ impl std::str::FromStr for NativeTls {
     }
 }
 
+/// How the native socket authenticates a client: `[native] tls` and
+/// `require_token` as one value, so "no token without mutual TLS" cannot
+/// be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeAuth {
+    /// Plain WebSocket (Unix permissions) and a token.
+    PlainToken,
+    /// TLS with the device server certificate, and a token.
+    TlsToken,
+    /// Mutual TLS (the pinned client certificate) and a token.
+    MutualTlsToken,
+    /// Mutual TLS alone (`require_token = false`).
+    MutualTls,
+}
+
+impl NativeAuth {
+    /// The TLS mode.
+    #[must_use]
+    pub const fn tls(self) -> NativeTls {
+        match self {
+            Self::PlainToken => NativeTls::Off,
+            Self::TlsToken => NativeTls::Server,
+            Self::MutualTlsToken | Self::MutualTls => NativeTls::Mutual,
+        }
+    }
+
+    /// Whether the token header is required.
+    #[must_use]
+    pub const fn token(self) -> bool {
+        !matches!(self, Self::MutualTls)
+    }
+
+    /// The pair as configured, or `None` for tokens off without mutual TLS.
+    #[must_use]
+    pub const fn new(tls: NativeTls, token: bool) -> Option<Self> {
+        match (tls, token) {
+            (NativeTls::Off, true) => Some(Self::PlainToken),
+            (NativeTls::Server, true) => Some(Self::TlsToken),
+            (NativeTls::Mutual, true) => Some(Self::MutualTlsToken),
+            (NativeTls::Mutual, false) => Some(Self::MutualTls),
+            (NativeTls::Off | NativeTls::Server, false) => None,
+        }
+    }
+}
+
+/// How the TLS listener authenticates a display: `[gateway] client_auth`
+/// and `require_token` as one value, so a listener with neither cannot be
+/// built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayAuth {
+    /// A token; no client certificate (the default).
+    Token,
+    /// The pinned device client certificate and a token.
+    PinnedCertAndToken,
+    /// The pinned device client certificate alone (`require_token = false`).
+    PinnedCert,
+}
+
+impl GatewayAuth {
+    /// Whether the pinned client certificate is required.
+    #[must_use]
+    pub const fn client_cert(self) -> bool {
+        !matches!(self, Self::Token)
+    }
+
+    /// Whether the token header is required.
+    #[must_use]
+    pub const fn token(self) -> bool {
+        !matches!(self, Self::PinnedCert)
+    }
+
+    /// The pair as configured, or `None` for neither.
+    #[must_use]
+    pub const fn new(client_cert: bool, token: bool) -> Option<Self> {
+        match (client_cert, token) {
+            (false, true) => Some(Self::Token),
+            (true, true) => Some(Self::PinnedCertAndToken),
+            (true, false) => Some(Self::PinnedCert),
+            (false, false) => None,
+        }
+    }
+}
+
 /// The resolved native listener.
 #[derive(Debug, Clone)]
 pub struct NativeConfig {
@@ -333,10 +416,8 @@ pub struct NativeConfig {
     pub allowed_uids: Option<Vec<u32>>,
     /// Socket group.
     pub group: Option<String>,
-    /// TLS mode.
-    pub tls: NativeTls,
-    /// Token header required.
-    pub require_token: bool,
+    /// TLS mode and whether a token is required.
+    pub auth: NativeAuth,
 }
 
 /// `[tokens]`.
@@ -526,10 +607,9 @@ pub struct Config {
     /// Uids whose connections may upgrade on the TLS listener; `None`
     /// means "the uids allowed to mint".
     pub allowed_peer_uids: Option<Vec<u32>>,
-    /// Require the pinned client certificate on the TLS listener.
-    pub gateway_client_auth: bool,
-    /// Require tokens on the TLS listener.
-    pub gateway_require_token: bool,
+    /// What the TLS listener requires: a token, the pinned client
+    /// certificate, or both.
+    pub gateway_auth: GatewayAuth,
     /// The native listener, if configured.
     pub native: Option<NativeConfig>,
     /// `log_level`, if set.
@@ -945,13 +1025,14 @@ impl Config {
             }
         };
         let gateway_require_token = file.gateway.require_token.unwrap_or(true);
-        if !gateway_require_token && !gateway_client_auth {
-            return Err(invalid(
-                false,
-                "require_token",
-                "tokens can only be turned off together with client_auth = \"pinned\"".into(),
-            ));
-        }
+        let gateway_auth = GatewayAuth::new(gateway_client_auth, gateway_require_token)
+            .ok_or_else(|| {
+                invalid(
+                    false,
+                    "require_token",
+                    "tokens can only be turned off together with client_auth = \"pinned\"".into(),
+                )
+            })?;
 
         let native_socket = o.native_socket.or(file.native.socket);
         let native = match native_socket {
@@ -995,26 +1076,24 @@ impl Config {
                     .native_require_token
                     .or(file.native.require_token)
                     .unwrap_or(tls != NativeTls::Mutual);
-                if !require_token && tls != NativeTls::Mutual {
-                    return Err(invalid(
+                let auth = NativeAuth::new(tls, require_token).ok_or_else(|| {
+                    invalid(
                         false,
                         "require_token",
                         "tokens can only be turned off with tls = \"mutual\"".into(),
-                    ));
-                }
+                    )
+                })?;
                 Some(NativeConfig {
                     socket,
                     allowed_uids: allowed,
                     group: file.native.group,
-                    tls,
-                    require_token,
+                    auth,
                 })
             }
         };
 
         Ok(Config {
-            gateway_client_auth,
-            gateway_require_token,
+            gateway_auth,
             native,
             file: file_path.map(Path::to_owned),
             state_dir,
@@ -1676,14 +1755,15 @@ group = "display"
         )
         .unwrap();
         let n = c.native.unwrap();
-        assert_eq!(n.tls, NativeTls::Server);
-        assert!(n.require_token);
+        assert_eq!(n.auth, NativeAuth::TlsToken);
+        assert_eq!(n.auth.tls(), NativeTls::Server);
+        assert!(n.auth.token());
         let c = resolve(
             "[native]\nsocket = \"/run/sg/n.sock\"\ntls = \"mutual\"",
             Overrides::default(),
         )
         .unwrap();
-        assert!(!c.native.unwrap().require_token);
+        assert_eq!(c.native.unwrap().auth, NativeAuth::MutualTls);
         for bad in [
             "[native]\nsocket = \"/run/n.sock\"\ntls = \"maybe\"",
             "[native]\nsocket = \"/run/n.sock\"\ntls = \"server\"\nrequire_token = false",
@@ -1700,7 +1780,30 @@ group = "display"
             Overrides::default(),
         )
         .unwrap();
-        assert!(c.gateway_client_auth && !c.gateway_require_token);
+        assert_eq!(c.gateway_auth, GatewayAuth::PinnedCert);
+        assert!(c.gateway_auth.client_cert() && !c.gateway_auth.token());
+        let c = resolve("", Overrides::default()).unwrap();
+        assert_eq!(c.gateway_auth, GatewayAuth::Token);
+    }
+
+    #[test]
+    fn the_auth_enums_cannot_hold_the_illegal_pair() {
+        assert_eq!(GatewayAuth::new(false, false), None);
+        for (cert, token) in [(false, true), (true, true), (true, false)] {
+            let a = GatewayAuth::new(cert, token).unwrap();
+            assert_eq!((a.client_cert(), a.token()), (cert, token));
+        }
+        assert_eq!(NativeAuth::new(NativeTls::Off, false), None);
+        assert_eq!(NativeAuth::new(NativeTls::Server, false), None);
+        for (tls, token) in [
+            (NativeTls::Off, true),
+            (NativeTls::Server, true),
+            (NativeTls::Mutual, true),
+            (NativeTls::Mutual, false),
+        ] {
+            let a = NativeAuth::new(tls, token).unwrap();
+            assert_eq!((a.tls(), a.token()), (tls, token));
+        }
     }
 
     #[test]

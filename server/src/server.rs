@@ -107,7 +107,7 @@ impl Server {
             Some(n) => Some(bind_private_socket(&n.socket, n.group.as_deref(), uid)?),
         };
         let native = cfg.native.as_ref().map(|n| Native {
-            require_token: n.require_token,
+            require_token: n.auth.token(),
         });
 
         let port = local.port();
@@ -157,7 +157,7 @@ impl Server {
                 path: cfg.path.clone(),
                 token_header: cfg.token_header.clone(),
                 max_message_size: cfg.max_message_size,
-                gateway_require_token: cfg.gateway_require_token,
+                gateway_require_token: cfg.gateway_auth.token(),
             },
             backend,
             roster: Arc::new(crate::roster::Roster::default()),
