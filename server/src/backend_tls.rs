@@ -49,6 +49,16 @@ pub enum BackendTlsError {
     },
 }
 
+impl crate::exit::ExitStatus for BackendTlsError {
+    fn exit_kind(&self) -> crate::exit::ExitKind {
+        match self {
+            Self::File(e) => e.exit_kind(),
+            Self::Permissions(_) => crate::exit::ExitKind::Permission,
+            Self::Content { .. } | Self::Rustls { .. } => crate::exit::ExitKind::Config,
+        }
+    }
+}
+
 /// The classified cause of a failed backend TLS handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsFailure {

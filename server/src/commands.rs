@@ -9,6 +9,7 @@ use screengate_identity::{IdentityError, InitOutcome, Pin, Removal, StateDir};
 use screengate_token::Channel;
 
 use crate::config::{self, Config, ConfigError, FileConfig, Overrides};
+use crate::exit::{ExitKind, ExitStatus};
 
 /// Loads the config file (if any) under this process's trust rule
 /// ([`config::Trust::for_this_process`]: root's own file only, when root)
@@ -95,20 +96,45 @@ pub fn pin(state_dir: &Path, client: bool) -> Result<Pin, IdentityError> {
     StateDir::new(state_dir, None).pin(client)
 }
 
+/// One problem `screengate check` found: its message, and the kind of
+/// failure it is (the exit code: the worst problem's).
+#[derive(Debug)]
+pub struct Problem {
+    /// Unsafe permissions, bad config, an OS failure...
+    pub kind: ExitKind,
+    /// The message (names the file or key).
+    pub text: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Problem {
+    fn of(e: &(impl ExitStatus + ToString)) -> Self {
+        Self {
+            kind: e.exit_kind(),
+            text: e.to_string(),
+        }
+    }
+}
+
 /// `screengate check` on a loaded config (loaded before any privilege
 /// drop, as `serve` loads it): every problem found, empty when all is well.
-pub fn check(cfg: Result<Config, ConfigError>) -> Vec<String> {
+pub fn check(cfg: Result<Config, ConfigError>) -> Vec<Problem> {
     let cfg = match cfg {
         Ok(c) => c,
-        Err(e) => return vec![e.to_string()],
+        Err(e) => return vec![Problem::of(&e)],
     };
     let uid = fsutil::euid();
-    let mut problems: Vec<String> = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
     if let Some(f) = &cfg.file {
         problems.extend(
             fsutil::check_path(f, Kind::Protected, uid)
                 .iter()
-                .map(ToString::to_string),
+                .map(Problem::of),
         );
     }
     // The SDK's client key, chain and CA, under the same rules as our own
@@ -117,29 +143,38 @@ pub fn check(cfg: Result<Config, ConfigError>) -> Vec<String> {
         let files = crate::backend_tls::check_files(t, uid);
         if files.is_empty() {
             if let Err(e) = crate::backend_tls::connector(t, uid) {
-                problems.push(e.to_string());
+                problems.push(Problem::of(&e));
             }
         } else {
-            problems.extend(files.iter().map(|e| format!("[backend_tls] {e}")));
+            problems.extend(files.iter().map(|e| Problem {
+                kind: e.exit_kind(),
+                text: format!("[backend_tls] {e}"),
+            }));
         }
     }
     let state = StateDir::new(&cfg.state_dir, cfg.credentials_dir.clone());
     if !state.path().exists() {
-        problems.push(format!(
-            "{}: state directory does not exist; run `screengate init --state-dir {}`",
-            cfg.state_dir.display(),
-            cfg.state_dir.display()
-        ));
+        problems.push(Problem {
+            kind: ExitKind::Config,
+            text: format!(
+                "{}: state directory does not exist; run `screengate init --state-dir {}`",
+                cfg.state_dir.display(),
+                cfg.state_dir.display()
+            ),
+        });
         return problems;
     }
-    problems.extend(state.check_permissions(uid).iter().map(ToString::to_string));
+    problems.extend(state.check_permissions(uid).iter().map(Problem::of));
     if let Err(e) = state.load() {
-        problems.push(e.to_string());
+        problems.push(Problem::of(&e));
     }
     if let Some(root) = &cfg.web_root
         && !root.join("index.html").is_file()
     {
-        problems.push(format!("{}: web_root has no index.html", root.display()));
+        problems.push(Problem {
+            kind: ExitKind::Config,
+            text: format!("{}: web_root has no index.html", root.display()),
+        });
     }
     problems
 }
@@ -158,13 +193,26 @@ pub enum MintClientError {
         source: std::io::Error,
     },
     /// The exchange failed or timed out.
-    #[error("{path}: control exchange failed: {what}")]
+    #[error("{path}: control exchange failed: {source}")]
     Exchange {
         /// The socket path.
         path: PathBuf,
         /// What happened.
-        what: String,
+        source: ClientError,
     },
+}
+
+impl ExitStatus for MintClientError {
+    fn exit_kind(&self) -> ExitKind {
+        match self {
+            // no server on it (69), or this user may not use it (77)
+            Self::Connect { source, .. } => match source.kind() {
+                std::io::ErrorKind::PermissionDenied => ExitKind::Permission,
+                _ => ExitKind::Unavailable,
+            },
+            Self::Exchange { source, .. } => source.exit_kind(),
+        }
+    }
 }
 
 /// What `screengate mint` prints: the reply line exactly as the server sent
@@ -189,7 +237,7 @@ impl std::fmt::Debug for MintReply {
 pub async fn mint(control: &Path, channel: Channel) -> Result<MintReply, MintClientError> {
     let request = Request::Mint(channel)
         .to_line()
-        .map_err(|e| exchange_error(control, &e))?;
+        .map_err(|e| exchange_error(control, ClientError::Encode(e)))?;
     let line = client::exchange(control, &request)
         .await
         .map_err(|e| match e {
@@ -197,15 +245,15 @@ pub async fn mint(control: &Path, channel: Channel) -> Result<MintReply, MintCli
                 path: control.to_owned(),
                 source,
             },
-            other => exchange_error(control, &other),
+            other => exchange_error(control, other),
         })?;
     let ok = Reply::says_ok(&line);
     Ok(MintReply { line, ok })
 }
 
-fn exchange_error(control: &Path, e: &dyn std::fmt::Display) -> MintClientError {
+fn exchange_error(control: &Path, source: ClientError) -> MintClientError {
     MintClientError::Exchange {
         path: control.to_owned(),
-        what: e.to_string(),
+        source,
     }
 }

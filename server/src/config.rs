@@ -70,6 +70,145 @@ pub enum ConfigError {
     },
 }
 
+impl crate::exit::ExitStatus for ConfigError {
+    fn exit_kind(&self) -> crate::exit::ExitKind {
+        use crate::exit::ExitKind;
+        match self {
+            Self::Read { source, .. } => match source.kind() {
+                std::io::ErrorKind::PermissionDenied => ExitKind::Permission,
+                _ => ExitKind::Config,
+            },
+            // may have been written by someone else: a wrong owner or mode
+            Self::Untrusted { .. } => ExitKind::Permission,
+            Self::Parse { .. } | Self::Invalid { .. } => ExitKind::Config,
+        }
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::ConfigError as E;
+    use crate::exit::ExitStatus as _;
+
+    #[test]
+    fn exit_codes_by_variant() {
+        let read = |k| E::Read {
+            path: "/etc/screengate.toml".into(),
+            source: std::io::Error::from(k),
+        };
+        assert_eq!(read(std::io::ErrorKind::NotFound).exit_code(), 64);
+        assert_eq!(read(std::io::ErrorKind::PermissionDenied).exit_code(), 77);
+        let untrusted = E::Untrusted {
+            path: "/etc/screengate.toml".into(),
+            what: "owned by uid 1000".into(),
+            fix: "chown root".into(),
+        };
+        assert_eq!(untrusted.exit_code(), 77);
+        let parse = E::Parse {
+            path: "/etc/screengate.toml".into(),
+            message: "unknown field".into(),
+        };
+        assert_eq!(parse.exit_code(), 64);
+        let invalid = E::Invalid {
+            origin: "command line".into(),
+            key: "listen",
+            message: "not loopback".into(),
+        };
+        assert_eq!(invalid.exit_code(), 64);
+    }
+}
+
+/// A value refused while parsing, with the key it was given for; in a
+/// file it reaches the reader through the TOML error (file, line, key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadValue {
+    /// The key.
+    pub key: &'static str,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+impl std::fmt::Display for BadValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
+/// The gateway's listen address: an `IP:PORT` on loopback (127.0.0.0/8 or
+/// ::1), parsed and checked once, from the file or `--listen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ListenAddr(SocketAddr);
+
+impl ListenAddr {
+    /// `127.0.0.1:8933` ([`DEFAULT_LISTEN`]).
+    pub const DEFAULT: Self = Self(SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        8933,
+    )));
+
+    /// The address.
+    #[must_use]
+    pub const fn get(self) -> SocketAddr {
+        self.0
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = BadValue;
+
+    fn try_from(text: String) -> Result<Self, BadValue> {
+        let bad = |message| BadValue {
+            key: "listen",
+            message,
+        };
+        let addr: SocketAddr = text
+            .parse()
+            .map_err(|_| bad(format!("`{text}` is not an IP:PORT address")))?;
+        if !addr.ip().is_loopback() {
+            return Err(bad(format!(
+                "`{addr}` is not a loopback address; screengate only listens on 127.0.0.0/8 or ::1"
+            )));
+        }
+        Ok(Self(addr))
+    }
+}
+
+/// A token lifetime: humantime text (`"30s"`), more than zero and at most
+/// [`screengate_token::MAX_TTL`], from the file or `--token-ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Ttl(Duration);
+
+impl Ttl {
+    /// The lifetime.
+    #[must_use]
+    pub const fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl TryFrom<String> for Ttl {
+    type Error = BadValue;
+
+    fn try_from(text: String) -> Result<Self, BadValue> {
+        let bad = |message| BadValue {
+            key: "ttl",
+            message,
+        };
+        let ttl = humantime::parse_duration(&text)
+            .map_err(|e| bad(format!("`{text}` is not a duration ({e}); e.g. \"30s\"")))?;
+        if ttl.is_zero() || ttl > screengate_token::MAX_TTL {
+            return Err(bad(format!(
+                "{} is outside (0, {}]: a token is for a handshake that follows within seconds",
+                humantime::format_duration(ttl),
+                humantime::format_duration(screengate_token::MAX_TTL)
+            )));
+        }
+        Ok(Self(ttl))
+    }
+}
+
 /// The config file, exactly as written. Every table refuses unknown keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,7 +257,7 @@ pub struct BackendTlsSection {
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     /// TLS listen address (loopback only).
-    pub listen: Option<String>,
+    pub listen: Option<ListenAddr>,
     /// WebSocket path.
     pub path: Option<String>,
     /// Exact allowed `Origin` values.
@@ -185,6 +324,89 @@ impl std::str::FromStr for NativeTls {
     }
 }
 
+/// How the native socket authenticates a client: `[native] tls` and
+/// `require_token` as one value, so "no token without mutual TLS" cannot
+/// be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeAuth {
+    /// Plain WebSocket (Unix permissions) and a token.
+    PlainToken,
+    /// TLS with the device server certificate, and a token.
+    TlsToken,
+    /// Mutual TLS (the pinned client certificate) and a token.
+    MutualTlsToken,
+    /// Mutual TLS alone (`require_token = false`).
+    MutualTls,
+}
+
+impl NativeAuth {
+    /// The TLS mode.
+    #[must_use]
+    pub const fn tls(self) -> NativeTls {
+        match self {
+            Self::PlainToken => NativeTls::Off,
+            Self::TlsToken => NativeTls::Server,
+            Self::MutualTlsToken | Self::MutualTls => NativeTls::Mutual,
+        }
+    }
+
+    /// Whether the token header is required.
+    #[must_use]
+    pub const fn token(self) -> bool {
+        !matches!(self, Self::MutualTls)
+    }
+
+    /// The pair as configured, or `None` for tokens off without mutual TLS.
+    #[must_use]
+    pub const fn new(tls: NativeTls, token: bool) -> Option<Self> {
+        match (tls, token) {
+            (NativeTls::Off, true) => Some(Self::PlainToken),
+            (NativeTls::Server, true) => Some(Self::TlsToken),
+            (NativeTls::Mutual, true) => Some(Self::MutualTlsToken),
+            (NativeTls::Mutual, false) => Some(Self::MutualTls),
+            (NativeTls::Off | NativeTls::Server, false) => None,
+        }
+    }
+}
+
+/// How the TLS listener authenticates a display: `[gateway] client_auth`
+/// and `require_token` as one value, so a listener with neither cannot be
+/// built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayAuth {
+    /// A token; no client certificate (the default).
+    Token,
+    /// The pinned device client certificate and a token.
+    PinnedCertAndToken,
+    /// The pinned device client certificate alone (`require_token = false`).
+    PinnedCert,
+}
+
+impl GatewayAuth {
+    /// Whether the pinned client certificate is required.
+    #[must_use]
+    pub const fn client_cert(self) -> bool {
+        !matches!(self, Self::Token)
+    }
+
+    /// Whether the token header is required.
+    #[must_use]
+    pub const fn token(self) -> bool {
+        !matches!(self, Self::PinnedCert)
+    }
+
+    /// The pair as configured, or `None` for neither.
+    #[must_use]
+    pub const fn new(client_cert: bool, token: bool) -> Option<Self> {
+        match (client_cert, token) {
+            (false, true) => Some(Self::Token),
+            (true, true) => Some(Self::PinnedCertAndToken),
+            (true, false) => Some(Self::PinnedCert),
+            (false, false) => None,
+        }
+    }
+}
+
 /// The resolved native listener.
 #[derive(Debug, Clone)]
 pub struct NativeConfig {
@@ -194,10 +416,8 @@ pub struct NativeConfig {
     pub allowed_uids: Option<Vec<u32>>,
     /// Socket group.
     pub group: Option<String>,
-    /// TLS mode.
-    pub tls: NativeTls,
-    /// Token header required.
-    pub require_token: bool,
+    /// TLS mode and whether a token is required.
+    pub auth: NativeAuth,
 }
 
 /// `[tokens]`.
@@ -205,7 +425,7 @@ pub struct NativeConfig {
 #[serde(deny_unknown_fields)]
 pub struct TokensSection {
     /// Token life, humantime ("30s").
-    pub ttl: Option<String>,
+    pub ttl: Option<Ttl>,
     /// Header the token travels in.
     pub header: Option<String>,
 }
@@ -226,32 +446,45 @@ pub struct ControlSection {
     pub mint_rate_per_sec: Option<u32>,
 }
 
-/// Command-line values that override the file.
-#[derive(Debug, Default, Clone)]
+/// Command-line values that override the file (`screengate serve`'s
+/// flags: `clap` reads them straight into this).
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
-    /// `--state-dir`.
+    /// State directory (device identity); overrides `state_dir`.
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// `--listen`.
+    /// Gateway listen address (loopback); overrides `[gateway] listen`.
+    #[arg(long)]
     pub listen: Option<String>,
-    /// `--control`.
+    /// Control socket path; overrides `[control] socket`.
+    #[arg(long)]
     pub control: Option<PathBuf>,
-    /// `--backend`.
+    /// Backend: demo, unix:PATH, ws://127.0.0.1:PORT/PATH or wss://...
+    #[arg(long)]
     pub backend: Option<String>,
-    /// `--token-ttl`.
+    /// Token lifetime (e.g. 30s); overrides `[tokens] ttl`.
+    #[arg(long)]
     pub token_ttl: Option<String>,
-    /// `--allow-uid` (replaces the file's list when given).
+    /// Uid allowed to mint (repeatable; replaces the file's list when given).
+    #[arg(long = "allow-uid", value_name = "ALLOW_UID")]
     pub allow_uids: Vec<u32>,
-    /// `--origin` (replaces the file's list when given).
+    /// Allowed page origin (repeatable; replaces the file's list when given).
+    #[arg(long = "origin", value_name = "ORIGIN")]
     pub origins: Vec<String>,
-    /// `--user`.
+    /// Started as root: prepare directories for this user and drop to it for good.
+    #[arg(long)]
     pub user: Option<String>,
-    /// `--native-socket`.
+    /// Unix socket for native display clients.
+    #[arg(long)]
     pub native_socket: Option<PathBuf>,
-    /// `--native-tls`.
+    /// TLS on the native socket: off, server or mutual.
+    #[arg(long)]
     pub native_tls: Option<String>,
-    /// `--native-allow-uid` (replaces the file's list when given).
+    /// Uid allowed on the native socket (repeatable; replaces the file's list when given).
+    #[arg(long = "native-allow-uid", value_name = "NATIVE_ALLOW_UID")]
     pub native_allow_uids: Vec<u32>,
-    /// `--native-require-token`.
+    /// Require a token on the native socket (default: unless --native-tls mutual).
+    #[arg(long)]
     pub native_require_token: Option<bool>,
 }
 
@@ -374,10 +607,9 @@ pub struct Config {
     /// Uids whose connections may upgrade on the TLS listener; `None`
     /// means "the uids allowed to mint".
     pub allowed_peer_uids: Option<Vec<u32>>,
-    /// Require the pinned client certificate on the TLS listener.
-    pub gateway_client_auth: bool,
-    /// Require tokens on the TLS listener.
-    pub gateway_require_token: bool,
+    /// What the TLS listener requires: a token, the pinned client
+    /// certificate, or both.
+    pub gateway_auth: GatewayAuth,
     /// The native listener, if configured.
     pub native: Option<NativeConfig>,
     /// `log_level`, if set.
@@ -608,27 +840,13 @@ impl Config {
             }
         };
 
-        let listen_flag = o.listen.is_some();
-        let listen_text = o
-            .listen
-            .or(file.gateway.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            invalid(
-                listen_flag,
-                "listen",
-                format!("`{listen_text}` is not an IP:PORT address"),
-            )
-        })?;
-        if !listen.ip().is_loopback() {
-            return Err(invalid(
-                listen_flag,
-                "listen",
-                format!(
-                    "`{listen}` is not a loopback address; screengate only listens on 127.0.0.0/8 or ::1"
-                ),
-            ));
+        let listen = match o.listen {
+            Some(text) => {
+                ListenAddr::try_from(text).map_err(|e| invalid(true, e.key, e.message))?
+            }
+            None => file.gateway.listen.unwrap_or(ListenAddr::DEFAULT),
         }
+        .get();
 
         let path = file.gateway.path.unwrap_or_else(|| DEFAULT_PATH.into());
         if !path.starts_with('/') || path == "/" || path.contains(['?', '#', ' ']) {
@@ -710,28 +928,12 @@ impl Config {
             ));
         }
 
-        let ttl_flag = o.token_ttl.is_some();
-        let token_ttl = match o.token_ttl.or(file.tokens.ttl) {
-            None => DEFAULT_TTL,
-            Some(t) => humantime::parse_duration(&t).map_err(|e| {
-                invalid(
-                    ttl_flag,
-                    "ttl",
-                    format!("`{t}` is not a duration ({e}); e.g. \"30s\""),
-                )
-            })?,
+        let token_ttl = match o.token_ttl {
+            Some(text) => Ttl::try_from(text)
+                .map_err(|e| invalid(true, e.key, e.message))?
+                .get(),
+            None => file.tokens.ttl.map_or(DEFAULT_TTL, Ttl::get),
         };
-        if token_ttl.is_zero() || token_ttl > screengate_token::MAX_TTL {
-            return Err(invalid(
-                ttl_flag,
-                "ttl",
-                format!(
-                    "{} is outside (0, {}]: a token is for a handshake that follows within seconds",
-                    humantime::format_duration(token_ttl),
-                    humantime::format_duration(screengate_token::MAX_TTL)
-                ),
-            ));
-        }
 
         let header_text = file
             .tokens
@@ -823,13 +1025,14 @@ impl Config {
             }
         };
         let gateway_require_token = file.gateway.require_token.unwrap_or(true);
-        if !gateway_require_token && !gateway_client_auth {
-            return Err(invalid(
-                false,
-                "require_token",
-                "tokens can only be turned off together with client_auth = \"pinned\"".into(),
-            ));
-        }
+        let gateway_auth = GatewayAuth::new(gateway_client_auth, gateway_require_token)
+            .ok_or_else(|| {
+                invalid(
+                    false,
+                    "require_token",
+                    "tokens can only be turned off together with client_auth = \"pinned\"".into(),
+                )
+            })?;
 
         let native_socket = o.native_socket.or(file.native.socket);
         let native = match native_socket {
@@ -873,26 +1076,24 @@ impl Config {
                     .native_require_token
                     .or(file.native.require_token)
                     .unwrap_or(tls != NativeTls::Mutual);
-                if !require_token && tls != NativeTls::Mutual {
-                    return Err(invalid(
+                let auth = NativeAuth::new(tls, require_token).ok_or_else(|| {
+                    invalid(
                         false,
                         "require_token",
                         "tokens can only be turned off with tls = \"mutual\"".into(),
-                    ));
-                }
+                    )
+                })?;
                 Some(NativeConfig {
                     socket,
                     allowed_uids: allowed,
                     group: file.native.group,
-                    tls,
-                    require_token,
+                    auth,
                 })
             }
         };
 
         Ok(Config {
-            gateway_client_auth,
-            gateway_require_token,
+            gateway_auth,
             native,
             file: file_path.map(Path::to_owned),
             state_dir,
@@ -1344,6 +1545,61 @@ group = "display"
     }
 
     #[test]
+    fn listen_and_ttl_in_the_file_are_refused_naming_file_and_key() {
+        for (text, key, what) in [
+            (
+                "[gateway]\nlisten = \"0.0.0.0:8933\"",
+                "`listen`",
+                "not a loopback address",
+            ),
+            (
+                "[gateway]\nlisten = \"[::]:8933\"",
+                "`listen`",
+                "not a loopback address",
+            ),
+            (
+                "[gateway]\nlisten = \"localhost:8933\"",
+                "`listen`",
+                "not an IP:PORT",
+            ),
+            ("[tokens]\nttl = \"11m\"", "`ttl`", "is outside"),
+            ("[tokens]\nttl = \"0s\"", "`ttl`", "is outside"),
+            ("[tokens]\nttl = \"soon\"", "`ttl`", "not a duration"),
+        ] {
+            let e = resolve(text, Overrides::default()).unwrap_err().to_string();
+            assert!(
+                e.contains("/etc/screengate.toml") && e.contains(key) && e.contains(what),
+                "{text}: {e}"
+            );
+        }
+        let c = resolve(
+            "[gateway]\nlisten = \"[::1]:9000\"\n[tokens]\nttl = \"10m\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "[::1]:9000");
+        assert_eq!(c.token_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_newtypes_hold_only_what_they_accept() {
+        assert_eq!(ListenAddr::DEFAULT.get().to_string(), DEFAULT_LISTEN);
+        assert!(ListenAddr::try_from("127.0.0.2:1".to_owned()).is_ok());
+        for bad in ["10.0.0.1:1", "127.0.0.1", "", "127.0.0.1:99999"] {
+            let e = ListenAddr::try_from(bad.to_owned()).unwrap_err();
+            assert_eq!(e.key, "listen", "{bad}");
+        }
+        assert_eq!(
+            Ttl::try_from("1ms".to_owned()).unwrap().get(),
+            Duration::from_millis(1)
+        );
+        for bad in ["0s", "11m", "-1s", "30"] {
+            let e = Ttl::try_from(bad.to_owned()).unwrap_err();
+            assert_eq!(e.key, "ttl", "{bad}");
+        }
+    }
+
+    #[test]
     fn refuses_non_loopback_listen() {
         for addr in ["0.0.0.0:8933", "192.168.1.2:8933", "[::]:8933"] {
             let e = resolve(
@@ -1499,14 +1755,15 @@ group = "display"
         )
         .unwrap();
         let n = c.native.unwrap();
-        assert_eq!(n.tls, NativeTls::Server);
-        assert!(n.require_token);
+        assert_eq!(n.auth, NativeAuth::TlsToken);
+        assert_eq!(n.auth.tls(), NativeTls::Server);
+        assert!(n.auth.token());
         let c = resolve(
             "[native]\nsocket = \"/run/sg/n.sock\"\ntls = \"mutual\"",
             Overrides::default(),
         )
         .unwrap();
-        assert!(!c.native.unwrap().require_token);
+        assert_eq!(c.native.unwrap().auth, NativeAuth::MutualTls);
         for bad in [
             "[native]\nsocket = \"/run/n.sock\"\ntls = \"maybe\"",
             "[native]\nsocket = \"/run/n.sock\"\ntls = \"server\"\nrequire_token = false",
@@ -1523,7 +1780,30 @@ group = "display"
             Overrides::default(),
         )
         .unwrap();
-        assert!(c.gateway_client_auth && !c.gateway_require_token);
+        assert_eq!(c.gateway_auth, GatewayAuth::PinnedCert);
+        assert!(c.gateway_auth.client_cert() && !c.gateway_auth.token());
+        let c = resolve("", Overrides::default()).unwrap();
+        assert_eq!(c.gateway_auth, GatewayAuth::Token);
+    }
+
+    #[test]
+    fn the_auth_enums_cannot_hold_the_illegal_pair() {
+        assert_eq!(GatewayAuth::new(false, false), None);
+        for (cert, token) in [(false, true), (true, true), (true, false)] {
+            let a = GatewayAuth::new(cert, token).unwrap();
+            assert_eq!((a.client_cert(), a.token()), (cert, token));
+        }
+        assert_eq!(NativeAuth::new(NativeTls::Off, false), None);
+        assert_eq!(NativeAuth::new(NativeTls::Server, false), None);
+        for (tls, token) in [
+            (NativeTls::Off, true),
+            (NativeTls::Server, true),
+            (NativeTls::Mutual, true),
+            (NativeTls::Mutual, false),
+        ] {
+            let a = NativeAuth::new(tls, token).unwrap();
+            assert_eq!((a.tls(), a.token()), (tls, token));
+        }
     }
 
     #[test]

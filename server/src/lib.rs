@@ -3,7 +3,8 @@
 //!
 //! Entry points: [`run`] (bind then serve until `shutdown` resolves) and
 //! [`Server::bind`] + [`Server::serve`] for tests that need the bound port.
-//! `main.rs` only parses arguments and calls into [`commands`].
+//! `main.rs` only parses arguments and calls into [`cli`]; exit codes are
+//! [`exit`]'s.
 //!
 //! What this crate leaves to others: token format and checks
 //! (`screengate-token`), keys, certificates and file rules
@@ -13,11 +14,13 @@
 pub mod audit;
 mod backend;
 mod backend_tls;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
 pub mod demo;
 mod error;
+pub mod exit;
 mod gate;
 mod gateway;
 mod limits;

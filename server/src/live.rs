@@ -102,9 +102,9 @@ impl Keys {
         let authority = Authority::new(&identity.device_key, cfg.token_ttl, MonotonicClock::new())?;
         let tls = TlsAcceptor::from(crate::tls::server_config(
             identity,
-            cfg.gateway_client_auth,
+            cfg.gateway_auth.client_cert(),
         )?);
-        let native_tls = match cfg.native.as_ref().map(|n| n.tls) {
+        let native_tls = match cfg.native.as_ref().map(|n| n.auth.tls()) {
             None | Some(NativeTls::Off) => None,
             Some(NativeTls::Server) => Some(TlsAcceptor::from(crate::tls::server_config(
                 identity, false,

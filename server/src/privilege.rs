@@ -82,6 +82,63 @@ pub enum PrivilegeError {
     },
 }
 
+impl crate::exit::ExitStatus for PrivilegeError {
+    fn exit_kind(&self) -> crate::exit::ExitKind {
+        use crate::exit::ExitKind;
+        match self {
+            // root refused, unsafe directories, a rewritable binary
+            Self::Root | Self::RootUser(_) | Self::WritableExe { .. } | Self::Dir { .. } => {
+                ExitKind::Permission
+            }
+            // a flag or config value that names the wrong thing
+            Self::UserWithoutRoot(..) | Self::NotMember { .. } | Self::NoSuchName { .. } => {
+                ExitKind::Config
+            }
+            Self::Sys { .. } | Self::NotDropped(_) => ExitKind::OsError,
+        }
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::PrivilegeError as E;
+    use crate::exit::ExitStatus as _;
+
+    #[test]
+    fn exit_codes_by_variant() {
+        assert_eq!(E::Root.exit_code(), 77);
+        assert_eq!(E::RootUser("root".into()).exit_code(), 77);
+        let exe = E::WritableExe {
+            path: "/usr/bin/screengate".into(),
+            what: "owned by the service user".into(),
+            fix: "chown root".into(),
+        };
+        assert_eq!(exe.exit_code(), 77);
+        let dir = E::Dir {
+            path: "/run/x".into(),
+            what: "writable by others".into(),
+        };
+        assert_eq!(dir.exit_code(), 77);
+        assert_eq!(E::UserWithoutRoot("sg".into(), 1000).exit_code(), 64);
+        let member = E::NotMember {
+            group: "disk".into(),
+            user: "sg".into(),
+        };
+        assert_eq!(member.exit_code(), 64);
+        let name = E::NoSuchName {
+            kind: "user",
+            name: "nobody-here".into(),
+        };
+        assert_eq!(name.exit_code(), 64);
+        let sys = E::Sys {
+            what: "setuid".into(),
+            source: nix::Error::EPERM,
+        };
+        assert_eq!(sys.exit_code(), 71);
+        assert_eq!(E::NotDropped("setuid(0) worked".into()).exit_code(), 71);
+    }
+}
+
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> PrivilegeError {
     let what = what.into();
     move |source| PrivilegeError::Sys { what, source }
@@ -98,12 +155,61 @@ pub fn harden_process() -> Result<(), PrivilegeError> {
 }
 
 /// A directory the service user needs, created before the drop.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeededDir {
     /// The path.
     pub path: PathBuf,
     /// Mode when created.
     pub mode: u32,
+}
+
+/// What [`enforce`] needs to start `serve` on a config: the user to drop
+/// to, the directories to prepare for it, the socket groups to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivilegePlan {
+    /// The service user (`--user`, `user =`), if any.
+    pub user: Option<String>,
+    /// The state dir (0700) and the socket directories (0711).
+    pub dirs: Vec<NeededDir>,
+    /// The control and native socket groups, without repeats.
+    pub groups: Vec<String>,
+}
+
+impl crate::config::Config {
+    /// The privilege plan of `serve` on this config: the state dir (0700),
+    /// the control and native sockets' directories (0711), their groups.
+    #[must_use]
+    pub fn privilege_plan(&self) -> PrivilegePlan {
+        let mut dirs = vec![NeededDir {
+            path: self.state_dir.clone(),
+            mode: 0o700,
+        }];
+        let sockets = std::iter::once(self.control_socket.as_path())
+            .chain(self.native.as_ref().map(|n| n.socket.as_path()));
+        for parent in sockets.filter_map(Path::parent) {
+            if !parent.as_os_str().is_empty() {
+                dirs.push(NeededDir {
+                    path: parent.to_owned(),
+                    mode: 0o711,
+                });
+            }
+        }
+        let mut groups: Vec<String> = Vec::new();
+        for g in self
+            .control_group
+            .iter()
+            .chain(self.native.as_ref().and_then(|n| n.group.as_ref()))
+        {
+            if !groups.contains(g) {
+                groups.push(g.clone());
+            }
+        }
+        PrivilegePlan {
+            user: self.user.clone(),
+            dirs,
+            groups,
+        }
+    }
 }
 
 /// Who the process runs as after [`enforce`].
@@ -515,6 +621,69 @@ fn check_not_writable(path: &Path) -> Result<(), PrivilegeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(o: crate::config::Overrides) -> PrivilegePlan {
+        crate::config::Config::resolve(None, crate::config::FileConfig::default(), o)
+            .unwrap()
+            .privilege_plan()
+    }
+
+    #[test]
+    fn the_plan_prepares_the_state_and_socket_dirs() {
+        let p = plan(crate::config::Overrides {
+            state_dir: Some("/var/lib/sg".into()),
+            control: Some("/run/sg/control.sock".into()),
+            native_socket: Some("/run/sg-native/native.sock".into()),
+            user: Some("sg".into()),
+            ..Default::default()
+        });
+        assert_eq!(p.user.as_deref(), Some("sg"));
+        let dirs: Vec<(&str, u32)> = p
+            .dirs
+            .iter()
+            .map(|d| (d.path.to_str().unwrap(), d.mode))
+            .collect();
+        assert_eq!(
+            dirs,
+            [
+                ("/var/lib/sg", 0o700),
+                ("/run/sg", 0o711),
+                ("/run/sg-native", 0o711)
+            ]
+        );
+        assert!(p.groups.is_empty());
+    }
+
+    #[test]
+    fn the_plan_without_native_has_no_native_dir() {
+        let p = plan(crate::config::Overrides {
+            state_dir: Some("/var/lib/sg".into()),
+            control: Some("/run/sg/control.sock".into()),
+            ..Default::default()
+        });
+        assert_eq!(p.user, None);
+        assert_eq!(p.dirs.len(), 2, "{:?}", p.dirs);
+    }
+
+    #[test]
+    fn the_plan_keeps_each_socket_group_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sg.toml");
+        std::fs::write(
+            &file,
+            "[control]\ngroup = \"video\"\n[native]\nsocket = \"/run/n/n.sock\"\ngroup = \"video\"\n",
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let parsed: crate::config::FileConfig = toml::from_str(&text).unwrap();
+        let cfg = crate::config::Config::resolve(
+            Some(&file),
+            parsed,
+            crate::config::Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.privilege_plan().groups, ["video"]);
+    }
 
     #[test]
     fn non_root_without_user_runs_as_itself() {

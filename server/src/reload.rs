@@ -20,7 +20,7 @@ pub(crate) fn reload(shared: &Shared, reloader: &Reloader) -> Outcome {
     };
     let problems = crate::commands::check(Ok(new.clone()));
     if !problems.is_empty() {
-        return Outcome::Refused(problems);
+        return Outcome::Refused(problems.iter().map(ToString::to_string).collect());
     }
     let uid = fsutil::euid();
     let identity =
@@ -108,7 +108,7 @@ fn restart_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     let native = |c: &Config| {
         c.native
             .as_ref()
-            .map(|n| (n.socket.clone(), n.group.clone(), n.tls, n.require_token))
+            .map(|n| (n.socket.clone(), n.group.clone(), n.auth))
     };
     diff("listen", a.listen != b.listen);
     diff("state_dir", a.state_dir != b.state_dir);
@@ -125,11 +125,11 @@ fn restart_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     diff("control.group", a.control_group != b.control_group);
     diff(
         "client_auth",
-        a.gateway_client_auth != b.gateway_client_auth,
+        a.gateway_auth.client_cert() != b.gateway_auth.client_cert(),
     );
     diff(
         "require_token",
-        a.gateway_require_token != b.gateway_require_token,
+        a.gateway_auth.token() != b.gateway_auth.token(),
     );
     diff("native", native(a) != native(b));
     v

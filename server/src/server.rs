@@ -18,6 +18,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::control::RateLimiter;
 use crate::error::ServerError;
+use crate::exit::ExitKind;
 use crate::limits::SHUTDOWN_GRACE;
 use crate::live::{Keys, Live, Outcome, Reloader, Swap};
 use crate::pending::Pending;
@@ -106,7 +107,7 @@ impl Server {
             Some(n) => Some(bind_private_socket(&n.socket, n.group.as_deref(), uid)?),
         };
         let native = cfg.native.as_ref().map(|n| Native {
-            require_token: n.require_token,
+            require_token: n.auth.token(),
         });
 
         let port = local.port();
@@ -118,6 +119,7 @@ impl Server {
         .map_err(|_| ServerError::SocketPath {
             path: PathBuf::new(),
             what: "CSP".into(),
+            kind: ExitKind::OsError,
         })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let token_header_display = display_header(cfg.token_header.as_str());
@@ -155,7 +157,7 @@ impl Server {
                 path: cfg.path.clone(),
                 token_header: cfg.token_header.clone(),
                 max_message_size: cfg.max_message_size,
-                gateway_require_token: cfg.gateway_require_token,
+                gateway_require_token: cfg.gateway_auth.token(),
             },
             backend,
             roster: Arc::new(crate::roster::Roster::default()),
@@ -378,6 +380,12 @@ pub(crate) fn bind_private_socket(
     let err = |p: &Path, what: String| ServerError::SocketPath {
         path: p.to_owned(),
         what,
+        kind: ExitKind::Permission,
+    };
+    let os = |p: &Path, what: String| ServerError::SocketPath {
+        path: p.to_owned(),
+        what,
+        kind: ExitKind::OsError,
     };
     let dir = path
         .parent()
@@ -385,9 +393,9 @@ pub(crate) fn bind_private_socket(
         .unwrap_or(Path::new("."));
     if !dir.exists() {
         crate::privilege::create_dirs(dir, 0o711)
-            .map_err(|e| err(dir, format!("cannot create socket directory: {e}")))?;
+            .map_err(|e| os(dir, format!("cannot create socket directory: {e}")))?;
     }
-    let dmeta = std::fs::metadata(dir).map_err(|e| err(dir, format!("cannot stat: {e}")))?;
+    let dmeta = std::fs::metadata(dir).map_err(|e| os(dir, format!("cannot stat: {e}")))?;
     if dmeta.mode() & 0o022 != 0 {
         return Err(err(
             dir,
@@ -400,7 +408,7 @@ pub(crate) fn bind_private_socket(
     }
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(path, format!("cannot stat: {e}"))),
+        Err(e) => return Err(os(path, format!("cannot stat: {e}"))),
         Ok(m) if m.file_type().is_symlink() => {
             return Err(err(
                 path,
@@ -424,21 +432,28 @@ pub(crate) fn bind_private_socket(
         }
         Ok(_) => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(err(
-                    path,
-                    "another server is already listening on this socket".into(),
-                ));
+                return Err(ServerError::SocketPath {
+                    path: path.to_owned(),
+                    what: "another server is already listening on this socket".into(),
+                    kind: ExitKind::Unavailable,
+                });
             }
             std::fs::remove_file(path)
-                .map_err(|e| err(path, format!("cannot remove stale socket: {e}")))?;
+                .map_err(|e| os(path, format!("cannot remove stale socket: {e}")))?;
         }
     }
     let gid = match group {
         None => None,
         Some(name) => match nix::unistd::Group::from_name(name) {
             Ok(Some(g)) => Some(g.gid.as_raw()),
-            Ok(None) => return Err(err(path, format!("group `{name}` does not exist"))),
-            Err(e) => return Err(err(path, format!("cannot look up group `{name}`: {e}"))),
+            Ok(None) => {
+                return Err(ServerError::SocketPath {
+                    path: path.to_owned(),
+                    what: format!("group `{name}` does not exist"),
+                    kind: ExitKind::Config,
+                });
+            }
+            Err(e) => return Err(os(path, format!("cannot look up group `{name}`: {e}"))),
         },
     };
     // The socket is born with the process umask, which `main` set to 077
@@ -452,12 +467,12 @@ pub(crate) fn bind_private_socket(
     })?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(|e| err(path, format!("cannot give the socket to its group: {e}")))?;
+            .map_err(|e| os(path, format!("cannot give the socket to its group: {e}")))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| err(path, format!("chmod: {e}")))?;
+            .map_err(|e| os(path, format!("chmod: {e}")))?;
     } else {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| err(path, format!("chmod: {e}")))?;
+            .map_err(|e| os(path, format!("chmod: {e}")))?;
     }
     Ok(listener)
 }

@@ -43,6 +43,14 @@ mod stream;
 
 type R = std::result::Result<(), String>;
 
+/// `screengate`'s exit codes by kind (server/src/exit.rs; docs/deployment.md).
+/// Bad configuration or arguments (`EX_USAGE`).
+const EX_USAGE: i32 = 64;
+/// Something taken or not there: address in use, a server on the state dir.
+const EX_UNAVAILABLE: i32 = 69;
+/// Unsafe permissions, a wrong owner, root refused (`EX_NOPERM`).
+const EX_NOPERM: i32 = 77;
+
 /// What every case can use.
 struct Fx {
     bin: PathBuf,

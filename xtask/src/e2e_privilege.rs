@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Case, Fx, R, TempUser, case, run_cmd as run, text};
+use super::{
+    Case, EX_NOPERM, EX_UNAVAILABLE, EX_USAGE, Fx, R, TempUser, case, run_cmd as run, text,
+};
 use crate::proc::ServerProc;
 
 const GROUP: &str = "privilege";
@@ -33,6 +35,7 @@ pub(super) const CASES: &[Case] = &[
     case!(Root "dirs_created_only_under_safe_parents" => safe_parents),
     case!(Root "no_new_privs_and_empty_bounding_set" => no_new_privs),
     case!(Root "demo_backend_refuses_root" => demo_backend_root),
+    case!(Root "listen_address_in_use_exits_unavailable" => address_in_use),
     case!(Root "default_state_dir_is_the_service_users" => default_state_dir),
     case!(Root "token_used_from_another_uid_refused_then_right_uid_succeeds" => async peer_uid_bound),
 ];
@@ -57,7 +60,9 @@ fn root_refused(fx: &Fx) -> R {
         vec!["reset"],
     ] {
         let o = run(screengate(fx).args(&args).arg("--state-dir").arg(&d))?;
-        if o.status.code() != Some(64) || !text(&o).contains("root execution is not permitted") {
+        if o.status.code() != Some(EX_NOPERM)
+            || !text(&o).contains("root execution is not permitted")
+        {
             return Err(format!(
                 "{args:?} as root: exit {:?}: {}",
                 o.status.code(),
@@ -198,7 +203,7 @@ fn writable_exe(fx: &Fx) -> R {
             "--state-dir",
         ])
         .arg(fx.base.join("state-wexe")))?;
-    if o.status.code() != Some(64)
+    if o.status.code() != Some(EX_NOPERM)
         || !text(&o).contains("owned by the service user")
         || !text(&o).contains(&exe.display().to_string())
     {
@@ -221,7 +226,7 @@ fn writable_exe(fx: &Fx) -> R {
             "--state-dir",
         ])
         .arg(fx.base.join("state-wexe")))?;
-    if o.status.code() != Some(64) || !text(&o).contains(&dir.display().to_string()) {
+    if o.status.code() != Some(EX_NOPERM) || !text(&o).contains(&dir.display().to_string()) {
         return Err(format!(
             "svc-owned directory: exit {:?}: {}",
             o.status.code(),
@@ -366,7 +371,7 @@ fn loose(fx: &Fx) -> R {
         .arg(&cfg)
         .arg("--state-dir")
         .arg(&dir))?;
-    if o.status.code() != Some(64) || !text(&o).contains(&cfg.display().to_string()) {
+    if o.status.code() != Some(EX_NOPERM) || !text(&o).contains(&cfg.display().to_string()) {
         return Err(format!("serve with group-writable config: {}", text(&o)));
     }
     let after = check_as_svc(fx, &dir, None)?;
@@ -657,8 +662,15 @@ fn svc_serve_cmd(fx: &Fx, name: &str, cfg: &Path) -> Result<Command, String> {
 }
 
 /// `serve --user svc --config cfg` (with its own state dir and control
-/// socket) must exit 64 at once with every `needles` in its output.
-fn serve_refused(fx: &Fx, name: &str, cfg: &Path, extra: &[&str], needles: &[&str]) -> R {
+/// socket) must exit `code` at once with every `needles` in its output.
+fn serve_refused(
+    fx: &Fx,
+    name: &str,
+    cfg: &Path,
+    extra: &[&str],
+    needles: &[&str],
+    code: i32,
+) -> R {
     let mut cmd = svc_serve_cmd(fx, name, cfg)?;
     cmd.args(extra);
     if !extra.contains(&"--state-dir") {
@@ -670,7 +682,9 @@ fn serve_refused(fx: &Fx, name: &str, cfg: &Path, extra: &[&str], needles: &[&st
         None => Err(format!(
             "{name}: the server started and served (Groups: {groups:?}); output: {out}"
         )),
-        Some(st) if st.code() != Some(64) => Err(format!("{name}: exit {:?}: {out}", st.code())),
+        Some(st) if st.code() != Some(code) => {
+            Err(format!("{name}: exit {:?} (want {code}): {out}", st.code()))
+        }
         Some(_) => match needles.iter().find(|n| !out.contains(**n)) {
             Some(n) => Err(format!("{name}: refusal does not say {n:?}: {out}")),
             None => Ok(()),
@@ -683,7 +697,14 @@ fn config_owned_by_svc(fx: &Fx) -> R {
     let cfg = fx.base.join("cfg-svc-owned.toml");
     write_config(&cfg, "[control]\ngroup = \"disk\"\n", (u.uid, u.gid), 0o600)?;
     let c = cfg.display().to_string();
-    serve_refused(fx, "cfgsvc", &cfg, &[], &[&c, "owned by uid", "root"])?;
+    serve_refused(
+        fx,
+        "cfgsvc",
+        &cfg,
+        &[],
+        &[&c, "owned by uid", "root"],
+        EX_NOPERM,
+    )?;
     // check says the same, and neither leaves anything behind
     let o = run(screengate(fx)
         .args(["check", "--user", &u.user, "--config"])
@@ -703,7 +724,14 @@ fn foreign_group(fx: &Fx) -> R {
     // root-owned, trusted config; the group is one the user is not in
     let cfg = fx.base.join("cfg-disk.toml");
     write_config(&cfg, "[control]\ngroup = \"disk\"\n", (0, 0), 0o600)?;
-    serve_refused(fx, "cfgdisk", &cfg, &[], &["disk", "not a member"])?;
+    serve_refused(
+        fx,
+        "cfgdisk",
+        &cfg,
+        &[],
+        &["disk", "not a member"],
+        EX_USAGE,
+    )?;
     if fx.base.join("state-cfgdisk").exists() {
         return Err("the state dir was created although the start was refused".into());
     }
@@ -722,7 +750,7 @@ fn untrusted_config(fx: &Fx) -> R {
     write_config(&cfg, &body, (0, 0), 0o666)?;
     let mut cmd = svc_serve_cmd(fx, "cfg0666", &cfg)?;
     let (st, out, _) = run_briefly(&mut cmd, &fx.base.join("cfg0666.out"), 5)?;
-    if st.map(|s| s.code()) != Some(Some(64)) || !out.contains(&cfg.display().to_string()) {
+    if st.map(|s| s.code()) != Some(Some(EX_NOPERM)) || !out.contains(&cfg.display().to_string()) {
         return Err(format!("0666 config: {st:?}: {out}"));
     }
     if chosen.exists() {
@@ -738,7 +766,14 @@ fn untrusted_config(fx: &Fx) -> R {
         .map_err(|e| e.to_string())?;
     let cfg2 = open.join("screengate.toml");
     write_config(&cfg2, &body, (0, 0), 0o600)?;
-    serve_refused(fx, "cfgopendir", &cfg2, &[], &[&open.display().to_string()])?;
+    serve_refused(
+        fx,
+        "cfgopendir",
+        &cfg2,
+        &[],
+        &[&open.display().to_string()],
+        EX_NOPERM,
+    )?;
     // 3. a symbolic link to a good file: not followed
     let good = fx.base.join("cfg-good.toml");
     write_config(&good, &body, (0, 0), 0o600)?;
@@ -751,6 +786,7 @@ fn untrusted_config(fx: &Fx) -> R {
         &link,
         &[],
         &[&link.display().to_string(), "symbolic link"],
+        EX_NOPERM,
     )?;
     if chosen.exists() {
         return Err(format!("{} was created", chosen.display()));
@@ -777,6 +813,7 @@ fn safe_parents(fx: &Fx) -> R {
             &empty,
             &["--state-dir", &st],
             &[&parent.display().to_string()],
+            EX_NOPERM,
         )?;
         if state.exists() {
             return Err(format!(
@@ -811,6 +848,7 @@ fn safe_parents(fx: &Fx) -> R {
             &empty,
             &["--state-dir", &st],
             &[&link.display().to_string(), "symbolic link"],
+            EX_NOPERM,
         )?;
     }
     for made in ["pwn.d", "deeper"] {
@@ -868,13 +906,32 @@ fn no_new_privs(fx: &Fx) -> R {
     }
 }
 
+/// A listen address another socket holds: exit 69 (`EX_UNAVAILABLE`),
+/// naming the address, not 64 (the config is fine) nor 71.
+fn address_in_use(fx: &Fx) -> R {
+    let u = svc(fx)?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = taken.local_addr().map_err(|e| e.to_string())?.to_string();
+    let mut cmd = screengate(fx);
+    cmd.args(["serve", "--user", &u.user, "--listen", &addr, "--control"])
+        .arg(fx.base.join("run/inuse/c.sock"))
+        .arg("--state-dir")
+        .arg(fx.base.join("state-inuse"));
+    let (st, out, _) = run_briefly(&mut cmd, &fx.base.join("inuse.out"), 20)?;
+    drop(taken);
+    if st.map(|s| s.code()) != Some(Some(EX_UNAVAILABLE)) || !out.contains(&addr) {
+        return Err(format!("serve on a taken address {addr}: {st:?}: {out}"));
+    }
+    Ok(())
+}
+
 fn demo_backend_root(fx: &Fx) -> R {
     let sock = fx.base.join("run/demo-root.sock");
     let mut cmd = screengate(fx);
     cmd.args(["demo-backend", "--unix"]).arg(&sock);
     let (st, out, _) = run_briefly(&mut cmd, &fx.base.join("demo-root.out"), 3)?;
     let bound = sock.exists();
-    if st.map(|s| s.code()) != Some(Some(64))
+    if st.map(|s| s.code()) != Some(Some(EX_NOPERM))
         || !out.contains("root execution is not permitted")
         || bound
     {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::privilege::{identity_in_force, in_force, init_as_svc, screengate, svc};
-use super::{Case, Fx, R, case, port_and_pin, run_cmd as run, text};
+use super::{
+    Case, EX_NOPERM, EX_UNAVAILABLE, EX_USAGE, Fx, R, case, port_and_pin, run_cmd as run, text,
+};
 use crate::proc::ServerProc;
 
 const GROUP: &str = "rotate";
@@ -218,11 +220,11 @@ fn reset_as_svc(fx: &Fx, dir: &Path) -> Result<std::process::Output, String> {
         .arg(dir))
 }
 
-/// Expects a refused reset: exit 64 and `needle` in the output.
-fn refused(o: &std::process::Output, what: &str, needle: &str) -> R {
-    if o.status.code() != Some(64) || !text(o).contains(needle) {
+/// Expects a refused reset: exit `code` and `needle` in the output.
+fn refused(o: &std::process::Output, what: &str, needle: &str, code: i32) -> R {
+    if o.status.code() != Some(code) || !text(o).contains(needle) {
         return Err(format!(
-            "{what}: exit {:?}, expected 64 naming `{needle}`: {}",
+            "{what}: exit {:?}, expected {code} naming `{needle}`: {}",
             o.status.code(),
             text(o)
         ));
@@ -238,7 +240,12 @@ async fn reset(fx: &Fx) -> R {
 
     // a state dir that does not exist
     let none = fx.base.join("state-reset-none");
-    refused(&reset_as_svc(fx, &none)?, "missing dir", "does not exist")?;
+    refused(
+        &reset_as_svc(fx, &none)?,
+        "missing dir",
+        "does not exist",
+        EX_USAGE,
+    )?;
     if none.exists() {
         return Err("reset created the missing state dir".into());
     }
@@ -252,6 +259,7 @@ async fn reset(fx: &Fx) -> R {
         &reset_as_svc(fx, &foreign)?,
         "foreign dir",
         "owned by uid 0",
+        EX_NOPERM,
     )?;
     if std::fs::read(foreign.join("device.key")).map_err(|e| e.to_string())? != [5u8; 32] {
         return Err("a refused reset touched the foreign dir's file".into());
@@ -262,7 +270,7 @@ async fn reset(fx: &Fx) -> R {
     let o = reset_as_svc(fx, &dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| e.to_string())?;
-    refused(&o, "mode 0750", "chmod 700")?;
+    refused(&o, "mode 0750", "chmod 700", EX_NOPERM)?;
     // one a server is running on
     let log = fx.base.join("reset-running.log");
     fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
@@ -278,7 +286,7 @@ async fn reset(fx: &Fx) -> R {
     let o = reset_as_svc(fx, &dir)?;
     let still = port_and_pin(&control).await;
     let _ = s.terminate(Duration::from_secs(5));
-    refused(&o, "running server", "server is running")?;
+    refused(&o, "running server", "server is running", EX_UNAVAILABLE)?;
     still.map_err(|e| format!("the server stopped serving after a refused reset: {e}"))?;
     if pins(fx, &dir)? != before {
         return Err("a refused reset changed the identity".into());

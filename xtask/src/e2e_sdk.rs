@@ -25,7 +25,7 @@ use screengate_tests::{Request, Ws, echo, handshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Case, Fx, R, TempUser, case, is_root, port_and_pin, text};
+use super::{Case, EX_NOPERM, EX_USAGE, Fx, R, TempUser, case, is_root, port_and_pin, text};
 use crate::proc::ServerProc;
 
 const GROUP: &str = "sdk";
@@ -1014,13 +1014,15 @@ async fn other_uid(fx: &Fx) -> R {
     Ok(())
 }
 
-/// `check` and `serve` both refuse `toml`, naming `needle` (the file) and `what`.
+/// `check` and `serve` both refuse `toml`, naming `needle` (the file) and
+/// `what`; `check` exits `code`.
 async fn refused_by_check_and_serve(
     fx: &Fx,
     name: &str,
     toml: &str,
     needle: &str,
     what: &str,
+    code: i32,
 ) -> R {
     let cfg = write_config(fx, name, toml)?;
     let state = fx.base.join(format!("state-{name}"));
@@ -1035,8 +1037,8 @@ async fn refused_by_check_and_serve(
     }
     let out = cmd.output().map_err(|e| e.to_string())?;
     let t = text(&out);
-    if out.status.code() != Some(64) || !t.contains(needle) || !t.contains(what) {
-        return Err(format!("check: {:?}: {t}", out.status.code()));
+    if out.status.code() != Some(code) || !t.contains(needle) || !t.contains(what) {
+        return Err(format!("check: {:?} (want {code}): {t}", out.status.code()));
     }
     let cfg_s = cfg.to_string_lossy().into_owned();
     match fx.spawn_server(name, &["--config", &cfg_s]) {
@@ -1052,7 +1054,15 @@ async fn loose_key(fx: &Fx) -> R {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| e.to_string())?;
     let toml = tls_config(&pki, 9, "", "", true);
-    refused_by_check_and_serve(fx, "sdk-loose", &toml, &key.display().to_string(), "0644").await
+    refused_by_check_and_serve(
+        fx,
+        "sdk-loose",
+        &toml,
+        &key.display().to_string(),
+        "0644",
+        EX_NOPERM,
+    )
+    .await
 }
 
 async fn linked_key(fx: &Fx) -> R {
@@ -1068,6 +1078,7 @@ async fn linked_key(fx: &Fx) -> R {
         &toml,
         &link.display().to_string(),
         "symbolic link",
+        EX_NOPERM,
     )
     .await
 }
@@ -1075,7 +1086,15 @@ async fn linked_key(fx: &Fx) -> R {
 async fn ws_with_tls(fx: &Fx) -> R {
     let pki = Pki::make(fx, "wsplain", false)?;
     let toml = tls_config(&pki, 9, "", "", true).replace("wss://", "ws://");
-    refused_by_check_and_serve(fx, "sdk-wsplain", &toml, "backend_tls", "use wss://").await
+    refused_by_check_and_serve(
+        fx,
+        "sdk-wsplain",
+        &toml,
+        "backend_tls",
+        "use wss://",
+        EX_USAGE,
+    )
+    .await
 }
 
 /// Copies `from` to `to` (each read within 30 s), appending every byte to

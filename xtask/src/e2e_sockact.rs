@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use command_fds::{CommandFdExt, FdMapping};
 use screengate_tests::{Request, echo, handshake};
 
-use super::{Case, Fx, R, case, port_and_pin, service_args};
+use super::{Case, EX_USAGE, Fx, R, case, port_and_pin, service_args};
 use crate::proc::ServerProc;
 
 const GROUP: &str = "sockact";
@@ -240,8 +240,8 @@ fn refused(fx: &Fx, bad: Bad) -> R {
         std::thread::sleep(Duration::from_millis(20));
     };
     let err = std::fs::read_to_string(&log).unwrap_or_default();
-    if status.code() != Some(64) {
-        return Err(format!("{bad:?}: exit {status}, want 64:\n{err}"));
+    if status.code() != Some(EX_USAGE) {
+        return Err(format!("{bad:?}: exit {status}, want {EX_USAGE}:\n{err}"));
     }
     if !err.contains(want) || !err.contains("fix:") || !err.contains("LISTEN_FDS") {
         return Err(format!("{bad:?}: stderr lacks `{want}` and a fix:\n{err}"));
