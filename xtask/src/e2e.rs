@@ -537,6 +537,29 @@ async fn host_variant(fx: &Fx, host: Option<&str>, status: u16) -> R {
     .await
 }
 
+/// `GET https://evil.example:PORT/ws` with our own `Host`: the target's
+/// authority is the request's host (RFC 9112 3.2.2), so it is refused like
+/// a rebinding `Host`, and the token, never looked at, still works.
+async fn absolute_form_target(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    let p = fx.port();
+    for target in [
+        format!("https://evil.example:{p}/ws"),
+        format!("https://user@localhost:{p}/ws"),
+    ] {
+        let mut req = Request::display(p, Some(&t));
+        req.path = target;
+        fx.refused(&req, 403).await?;
+    }
+    let mut req = Request::display(p, Some(&t));
+    req.path = format!("https://localhost:{p}/ws");
+    let (resp, ws) = handshake(fx.addr, fx.pin, &req).await?;
+    if ws.is_none() {
+        return Err(format!("our own absolute-form target: {}", resp.status));
+    }
+    Ok(())
+}
+
 async fn duplicated(fx: &Fx, name: &str) -> R {
     let t = fx.mint().await?;
     let req = Request::display(fx.port(), Some(&t));
@@ -963,6 +986,7 @@ const CASES: &[Case] = &[
     case!(Any "host_without_port_403" => async host_case, Some("localhost"), 403),
     case!(Any "host_other_port_403" => async host_case, Some("localhost:1"), 403),
     case!(Any "host_lookalike_403" => async host_case, Some("localhost.evil.example:{p}"), 403),
+    case!(Any "host_absolute_form_target_403_token_kept" => async absolute_form_target),
     case!(Any "host_duplicated_400" => async duplicated, "Host"),
     case!(Any "origin_duplicated_400" => async duplicated, "Origin"),
     case!(Any "token_duplicated_400" => async duplicated, "X-Screengate-Token"),
