@@ -146,7 +146,9 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
         }
         let reply = match Request::parse(&line) {
             Err(e) => {
-                tracing::debug!(uid, message = %e, "bad control request");
+                // Not the message: it quotes the line, which may hold a
+                // token a client put in the wrong field. The reply says it.
+                tracing::debug!(uid, bytes = line.len(), "bad control request");
                 Reply::Refused(Refusal::bad_request(&e))
             }
             Ok(Request::Mint(channel)) => mint(&shared, uid, pid, channel),

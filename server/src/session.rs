@@ -8,7 +8,8 @@
 //! 1. well-formed (else 400): no query string, exactly one `Host`, at most
 //!    one `Origin` and one token header, a token that is non-empty visible
 //!    ASCII, a valid WebSocket upgrade;
-//! 2. `Host` is the listener's own name (DNS-rebinding defence)  → 403;
+//! 2. `Host` is the listener's own name (DNS-rebinding defence), and so
+//!    is an absolute-form target's authority                    → 403;
 //! 3. `Origin` equals an allowed origin byte for byte            → 403;
 //! 4. the token verifies for its channel, unexpired, and is claimed
 //!    (`gate::Admission::open`; a copy being admitted: `token_in_flight`,

@@ -51,6 +51,20 @@ async fn malformed_lines_get_errors_and_the_connection_stays_usable() {
 }
 
 #[tokio::test]
+async fn a_line_of_characters_that_escape_long_still_gets_bad_request() {
+    // DEL is 1 byte in the request and 7 (`\\u{7f}`) in the reply's message
+    let s = start().await;
+    for shape in [r#"{"op":"X"}"#, r#"{"op":"mint","channel":"X"}"#] {
+        let line = shape.replace('X', &"\u{7f}".repeat(4096 - shape.len() + 1));
+        assert_eq!(line.len(), 4096);
+        let v = control(&s.control, &line).await.unwrap();
+        assert_eq!(v["ok"], false, "{shape}");
+        assert_eq!(v["error"], "bad_request", "{shape}: {v}");
+        assert!(v["message"].as_str().unwrap().ends_with('…'), "{v}");
+    }
+}
+
+#[tokio::test]
 async fn over_long_line_closes_the_connection() {
     let s = start().await;
     let stream = tokio::net::UnixStream::connect(&s.control).await.unwrap();

@@ -545,6 +545,29 @@ async fn host_variant(fx: &Fx, host: Option<&str>, status: u16) -> R {
     .await
 }
 
+/// `GET https://evil.example:PORT/ws` with our own `Host`: the target's
+/// authority is the request's host (RFC 9112 3.2.2), so it is refused like
+/// a rebinding `Host`, and the token, never looked at, still works.
+async fn absolute_form_target(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    let p = fx.port();
+    for target in [
+        format!("https://evil.example:{p}/ws"),
+        format!("https://user@localhost:{p}/ws"),
+    ] {
+        let mut req = Request::display(p, Some(&t));
+        req.path = target;
+        fx.refused(&req, 403).await?;
+    }
+    let mut req = Request::display(p, Some(&t));
+    req.path = format!("https://localhost:{p}/ws");
+    let (resp, ws) = handshake(fx.addr, fx.pin, &req).await?;
+    if ws.is_none() {
+        return Err(format!("our own absolute-form target: {}", resp.status));
+    }
+    Ok(())
+}
+
 async fn duplicated(fx: &Fx, name: &str) -> R {
     let t = fx.mint().await?;
     let req = Request::display(fx.port(), Some(&t));
@@ -585,6 +608,25 @@ async fn token_in_subprotocol_refused(fx: &Fx) -> R {
         403,
     )
     .await
+}
+
+/// A client that puts its token in the wrong field of a control request
+/// gets `bad_request` quoting it back, and no log line quotes it (the
+/// audit case at the end greps every log for every minted token).
+async fn token_in_a_control_request_not_logged(fx: &Fx) -> R {
+    let t = fx.mint().await?;
+    for line in [
+        format!(r#"{{"op":"{t}"}}"#),
+        format!(r#"{{"op":"mint","channel":"{t}"}}"#),
+        format!(r#"{{"op":"mint","{t}":1}}"#),
+        format!(r#"{{"op":"revoke","token_id":"{t}"}}"#),
+    ] {
+        let v = screengate_tests::control(&fx.main.control, &line).await?;
+        if v["error"] != "bad_request" {
+            return Err(format!("not bad_request: {}", v["error"]));
+        }
+    }
+    Ok(())
 }
 
 async fn plaintext_ws_refused(fx: &Fx) -> R {
@@ -971,12 +1013,14 @@ const CASES: &[Case] = &[
     case!(Any "host_without_port_403" => async host_case, Some("localhost"), 403),
     case!(Any "host_other_port_403" => async host_case, Some("localhost:1"), 403),
     case!(Any "host_lookalike_403" => async host_case, Some("localhost.evil.example:{p}"), 403),
+    case!(Any "host_absolute_form_target_403_token_kept" => async absolute_form_target),
     case!(Any "host_duplicated_400" => async duplicated, "Host"),
     case!(Any "origin_duplicated_400" => async duplicated, "Origin"),
     case!(Any "token_duplicated_400" => async duplicated, "X-Screengate-Token"),
     case!(Any "token_in_query_refused" => async token_in_query_refused),
     case!(Any "token_in_cookie_refused" => async token_in_cookie_refused),
     case!(Any "token_in_subprotocol_refused" => async token_in_subprotocol_refused),
+    case!(Any "token_in_a_control_request_not_logged" => async token_in_a_control_request_not_logged),
     case!(Any "plaintext_ws_against_tls_port_refused" => async plaintext_ws_refused),
     case!(Any "control_socket_is_0600_owner_only" => async control_socket_is_0600_owner_only),
     case!(Root "mint_from_disallowed_uid_refused" => async mint_from_disallowed_uid_refused),

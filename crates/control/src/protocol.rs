@@ -25,6 +25,24 @@ pub const MAX_REQUEST_LINE: usize = 4 * 1024;
 /// a client reads no further ([`Reply::parse`] refuses it too).
 pub const MAX_REPLY_LINE: usize = 16 * 1024;
 
+/// Longest `message` of a refusal built from a request line, in bytes
+/// (then `…`). JSON escapes a byte into at most six (`\u001f`), so the
+/// reply stays under [`MAX_REPLY_LINE`] whatever the line held.
+pub const MAX_REFUSAL_MESSAGE: usize = 2 * 1024;
+
+/// `message` cut to [`MAX_REFUSAL_MESSAGE`] bytes at a character boundary.
+fn clip(mut message: String) -> String {
+    if message.len() > MAX_REFUSAL_MESSAGE {
+        let mut end = MAX_REFUSAL_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
 /// The bytes the server sends if a reply cannot be encoded within
 /// [`MAX_REPLY_LINE`] (no reply it builds comes near). Clients parse it as
 /// a malformed reply.
@@ -329,14 +347,15 @@ impl Refusal {
 
     /// The refusal for a line that is not a request: `line_too_long` for
     /// [`RequestError::TooLong`], `bad_request` for the rest.
+    /// The message quotes parts of the line, which escaping can make up to
+    /// seven times longer (DEL is `\\u{7f}` in the reply); it is cut at
+    /// [`MAX_REFUSAL_MESSAGE`] bytes so that the reply always fits in
+    /// [`MAX_REPLY_LINE`].
     pub fn bad_request(e: &RequestError) -> Self {
+        let message = clip(e.to_string());
         match e {
-            RequestError::TooLong => Refusal::LineTooLong {
-                message: e.to_string(),
-            },
-            _ => Refusal::BadRequest {
-                message: e.to_string(),
-            },
+            RequestError::TooLong => Refusal::LineTooLong { message },
+            _ => Refusal::BadRequest { message },
         }
     }
 

@@ -69,8 +69,13 @@ pub(crate) fn check_request<'h>(
     let token = token_header(headers, policy.token_header)?;
     let host = host.to_str().map_err(|_| Malformed::NonAsciiHost)?;
 
-    // 2. Host is our own name
-    if !host_is_ours(host, policy.port, policy.listen_ip) {
+    // 2. Host is our own name; so is an absolute-form target's authority,
+    // which HTTP makes the request's host in place of `Host`
+    if !host_is_ours(host, policy.port, policy.listen_ip)
+        || uri
+            .authority()
+            .is_some_and(|a| !host_is_ours(a.as_str(), policy.port, policy.listen_ip))
+    {
         return Err(Refusal::BadHost);
     }
     // 3. Origin, byte for byte
@@ -302,6 +307,28 @@ mod tests {
                 check(&[("host", h), O, T], "/ws").unwrap_err(),
                 Refusal::BadHost
             );
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_target_must_name_us_too() {
+        // RFC 9112 3.2.2: the target's authority is the request's host, and
+        // the `Host` header is ignored; so both must be ours.
+        for target in [
+            "https://evil.com:8933/ws",
+            "https://evil.com/ws",
+            "https://localhost:1/ws",
+            "https://user@localhost:8933/ws",
+            "http://127.0.0.2:8933/ws",
+        ] {
+            assert_eq!(
+                check(&[H, O, T], target).unwrap_err(),
+                Refusal::BadHost,
+                "{target}"
+            );
+        }
+        for target in ["https://localhost:8933/ws", "https://127.0.0.1:8933/ws"] {
+            assert_eq!(check(&[H, O, T], target).unwrap(), "tok", "{target}");
         }
     }
 

@@ -415,6 +415,48 @@ fn request_line_bound_is_named_and_exact() {
 }
 
 #[test]
+fn every_refused_request_line_gets_a_reply_that_fits() {
+    // `escape_debug` and JSON escaping multiply a character: DEL (1 byte)
+    // becomes `\\u{7f}` (7 bytes) in the reply. A request line at the bound
+    // made of the worst characters still gets its `bad_request`, not the
+    // `{"ok":false}` fallback.
+    let worst = [
+        "\u{7f}",
+        "\u{ad}",
+        "\u{85}",
+        "\u{200b}",
+        "\u{e0001}",
+        "\\\\",
+        "\\u0001",
+        "\\\"",
+    ];
+    let shapes = [
+        r#"{"op":"X"}"#,
+        r#"{"op":"mint","channel":"X"}"#,
+        r#"{"op":"mint","X":1}"#,
+        r#"{"op":"mint","channel":1,"X":1}"#,
+        r#"{"op":"revoke","token_id":"X"}"#,
+        r#"{"op":1,"X":1}"#,
+    ];
+    for shape in shapes {
+        for w in worst {
+            let room = MAX_REQUEST_LINE - (shape.len() - 1);
+            let line = shape.replace('X', &w.repeat(room / w.len()));
+            assert!(line.len() <= MAX_REQUEST_LINE);
+            let Err(e) = Request::parse(line.as_bytes()) else {
+                continue; // a revoke handle: refused later, without a quote
+            };
+            let reply = Reply::Refused(Refusal::bad_request(&e));
+            let bytes = reply
+                .to_line()
+                .unwrap_or_else(|e| panic!("{shape} {w:?}: {e}"));
+            assert!(bytes.len() <= MAX_REPLY_LINE);
+            assert_eq!(Reply::parse(&bytes).unwrap().kind(), "refusal");
+        }
+    }
+}
+
+#[test]
 fn a_reply_too_long_to_send_is_refused_not_grown() {
     let mut m = minted(Channel::Display);
     m.header = "h".repeat(MAX_REPLY_LINE);
