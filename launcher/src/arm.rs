@@ -89,6 +89,9 @@ pub(crate) struct Arming {
     control: PathBuf,
     server: ServerUid,
     half_ttl: Duration,
+    /// The SPKI pin this browser was started with: a token minted under
+    /// another (a rotated identity) is useless to it.
+    pin: String,
     /// The revocation handle of the token the tab carries now.
     armed: Option<String>,
     /// Network request id → the handle of the token that handshake carried.
@@ -100,12 +103,19 @@ pub(crate) struct Arming {
 
 impl Arming {
     /// The state after the first token (`armed`, valid for `ttl`) was set.
-    pub fn new(control: PathBuf, server: ServerUid, ttl: Duration, armed: Option<String>) -> Self {
+    pub fn new(
+        control: PathBuf,
+        server: ServerUid,
+        ttl: Duration,
+        pin: String,
+        armed: Option<String>,
+    ) -> Self {
         let half_ttl = ttl / 2;
         Arming {
             control,
             server,
             half_ttl,
+            pin,
             armed,
             in_flight: HashMap::new(),
             pending_revoke: Vec::new(),
@@ -140,12 +150,18 @@ impl Arming {
     /// unless a handshake that carried it is not reported yet, so it is
     /// revoked after [`REVOKE_GRACE`] (such a handshake is consumed first;
     /// revoking a consumed token is harmless).
-    pub async fn rearm_at_half_ttl(&mut self, cdp: &Cdp, session: Option<&str>) {
+    /// Returns [`PinChanged`] when the server now serves another
+    /// certificate: this browser's life is over.
+    pub async fn rearm_at_half_ttl(
+        &mut self,
+        cdp: &Cdp,
+        session: Option<&str>,
+    ) -> Result<(), PinChanged> {
         let Some(s) = session else {
             self.next_rearm = Instant::now() + REARM_RETRY;
-            return;
+            return Ok(());
         };
-        let next = rearm(cdp, &self.control, self.server, s).await;
+        let next = rearm(cdp, &self.control, self.server, &self.pin, s).await?;
         let ok = next.is_some();
         if let Some(new) = next
             && let Some(old) = std::mem::replace(&mut self.armed, new)
@@ -155,15 +171,21 @@ impl Arming {
                 .push((Instant::now() + REVOKE_GRACE, old));
         }
         self.next_rearm = Instant::now() + if ok { self.half_ttl } else { REARM_RETRY };
+        Ok(())
     }
 
     /// The armed token is going out on gateway handshake `request_id`: arm
     /// the next; the outgoing one is judged by the response.
-    pub async fn on_handshake_sent(&mut self, cdp: &Cdp, session: Option<&str>, request_id: &str) {
+    pub async fn on_handshake_sent(
+        &mut self,
+        cdp: &Cdp,
+        session: Option<&str>,
+        request_id: &str,
+    ) -> Result<(), PinChanged> {
         let Some(s) = session else {
-            return;
+            return Ok(());
         };
-        let next = rearm(cdp, &self.control, self.server, s).await;
+        let next = rearm(cdp, &self.control, self.server, &self.pin, s).await?;
         let ok = next.is_some();
         if let Some(new) = next {
             let used = std::mem::replace(&mut self.armed, new);
@@ -172,6 +194,7 @@ impl Arming {
             }
         }
         self.next_rearm = Instant::now() + if ok { self.half_ttl } else { REARM_RETRY };
+        Ok(())
     }
 
     /// A handshake's response: 101 consumed its token; any refusal (503
@@ -202,13 +225,31 @@ impl Arming {
 
 /// Mints and arms the next token; its revocation handle on success
 /// (`Some(None)` from a server that sends none), `None` on failure.
+/// The server answered with another certificate pin than the one this
+/// browser trusts: its identity was rotated (`screengate rotate`, then a
+/// reload). Every token of the old identity is dead and the browser cannot
+/// reach the new one, so its life ends and the next starts with the new pin.
+#[derive(Debug)]
+pub(crate) struct PinChanged;
+
 async fn rearm(
     cdp: &Cdp,
     control: &Path,
     server: ServerUid,
+    pin: &str,
     session: &str,
-) -> Option<Option<String>> {
-    match mint(control, server).await {
+) -> Result<Option<Option<String>>, PinChanged> {
+    Ok(match mint(control, server).await {
+        Ok(m) if m.spki_pin != pin => {
+            warn!(
+                "the server's certificate changed (its identity was rotated): restarting the browser with the new pin"
+            );
+            // never armed: it must not stay valid either
+            if let Some(h) = &m.revoke_handle {
+                revoke_superseded(control, server, h).await;
+            }
+            return Err(PinChanged);
+        }
         Ok(m) => match set_header(cdp, session, &m.header, m.token.expose_secret()).await {
             Ok(()) => {
                 info!(
@@ -230,7 +271,7 @@ async fn rearm(
             warn!(error = %e, "could not mint the next token; will retry");
             None
         }
-    }
+    })
 }
 
 /// Revokes a token the tab no longer carries, so it is dead before it

@@ -67,7 +67,9 @@ pub(crate) async fn run(
             }
             _ = tokio::time::sleep_until(life.arming.next_rearm()) => {
                 let session = tab.borrow().session_id.clone();
-                life.arming.rearm_at_half_ttl(&cdp, session.as_deref()).await;
+                if life.arming.rearm_at_half_ttl(&cdp, session.as_deref()).await.is_err() {
+                    return;
+                }
                 continue;
             }
         };
@@ -122,9 +124,15 @@ pub(crate) async fn run(
             Event::WebSocketWillSendHandshake { request_id } => {
                 if gateway_sockets.contains(&request_id) {
                     let session = tab.borrow().session_id.clone();
-                    life.arming
+                    if life
+                        .arming
                         .on_handshake_sent(&cdp, session.as_deref(), &request_id)
-                        .await;
+                        .await
+                        .is_err()
+                    {
+                        // A rotated identity: this browser's pin is stale.
+                        return;
+                    }
                 }
             }
             Event::WebSocketHandshakeResponse { request_id, status } => {

@@ -265,6 +265,7 @@ async fn drive(
             opts.control.clone(),
             opts.server_uid,
             minted.expires_in,
+            minted.spki_pin.clone(),
             minted.revoke_handle.clone(),
         ),
         screenshot,

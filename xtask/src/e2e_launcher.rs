@@ -55,6 +55,7 @@ pub(super) const CASES: &[Case] = &[
     case!(ChromiumRoot "launcher_bounds_the_control_reply" => async bounded_reply),
     case!(Chromium "launcher_systemd_ready_only_after_the_displays_first_message_status_stopping_on_sigterm" => async systemd_ready),
     case!(Chromium "launcher_systemd_not_ready_while_the_gateway_refuses_the_display" => async systemd_not_ready),
+    case!(Chromium "launcher_follows_a_rotated_identity_with_a_new_browser_and_pin" => async follows_rotation),
 ];
 
 pub fn chromium_present() -> bool {
@@ -1602,6 +1603,45 @@ async fn systemd_not_ready(fx: &Fx) -> R {
         "      (refused {} times, {} refused tokens revoked, no READY=1; STATUS: {why:?})",
         l.log_text().matches(REFUSED).count(),
         revoked.len()
+    );
+    Ok(())
+}
+
+/// `screengate rotate` and a reload on a live display: the server closes
+/// the session and kills the old tokens, and the browser (which trusts the
+/// old pin only) cannot reach the new certificate. The launcher sees the
+/// new pin in its next mint, revokes that unused token, and starts a new
+/// browser life with the new pin; the display connects again by itself.
+async fn follows_rotation(fx: &Fx) -> R {
+    let name = "l-rotate";
+    let s = display_server(fx, name, &[])?;
+    let mut l = launch(fx, name, &s, &[])?;
+    l.wait_for(FIRST_MESSAGE, 1, Duration::from_secs(30))
+        .await?;
+    let state = fx.base.join(format!("state-{name}"));
+    let mut cmd = std::process::Command::new(&fx.bin);
+    cmd.args(["rotate", "--state-dir"]).arg(&state);
+    if let Some(u) = &fx.svc {
+        cmd.args(["--user", &u.user]);
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("rotate: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    kill(s.pid(), Signal::SIGHUP).map_err(|e| e.to_string())?;
+    l.wait_for(
+        "the server's certificate changed",
+        1,
+        Duration::from_secs(40),
+    )
+    .await?;
+    l.wait_for(FIRST_MESSAGE, 2, Duration::from_secs(40))
+        .await?;
+    if !s.log_text().contains("identity_rotated") {
+        return Err("the server's reload did not see the new identity".into());
+    }
+    println!(
+        "      (rotated, reloaded; the launcher restarted the browser with the new pin and the display got a message again)"
     );
     Ok(())
 }
