@@ -815,42 +815,153 @@ impl Config {
         file: FileConfig,
         o: Overrides,
     ) -> Result<Self, ConfigError> {
-        let file_origin = file_path
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let origin_of = |from_flag: bool| {
-            if from_flag || file_origin.is_empty() {
-                "command line".to_owned()
-            } else {
-                file_origin.clone()
-            }
-        };
-        let invalid = |from_flag: bool, key: &'static str, message: String| ConfigError::Invalid {
-            origin: origin_of(from_flag),
-            key,
-            message,
-        };
+        let src = Source::of(file_path);
+        let Overrides {
+            state_dir,
+            listen,
+            control,
+            backend,
+            token_ttl,
+            allow_uids,
+            origins,
+            user,
+            native_socket,
+            native_tls,
+            native_allow_uids,
+            native_require_token,
+        } = o;
 
-        let user = o.user.clone().or(file.user.clone());
-        let state_dir = match (o.state_dir.clone().or(file.state_dir), &user) {
+        let user = user.or(file.user);
+        let state_dir = match (state_dir.or(file.state_dir), &user) {
             (Some(d), _) => d,
             (None, None) => default_state_dir(),
             (None, Some(name)) => {
-                default_state_dir_of(name).map_err(|m| invalid(true, "state_dir", m))?
+                default_state_dir_of(name).map_err(|m| src.invalid(true, "state_dir", m))?
             }
         };
+        let gateway = GatewayParts::resolve(
+            &src,
+            GatewayFlags {
+                listen,
+                origins,
+                backend,
+            },
+            file.gateway,
+            file.backend_tls,
+        )?;
+        let (token_ttl, token_header) = resolve_tokens(&src, token_ttl, file.tokens)?;
+        let control = ControlParts::resolve(&src, control, allow_uids, file.control, &state_dir)?;
+        let log_level = resolve_log_level(&src, file.log_level.as_deref())?;
+        let native = resolve_native(
+            &src,
+            NativeFlags {
+                socket: native_socket,
+                tls: native_tls,
+                allow_uids: native_allow_uids,
+                require_token: native_require_token,
+            },
+            file.native,
+            &control.socket,
+        )?;
 
-        let listen = match o.listen {
+        Ok(Config {
+            gateway_auth: gateway.auth,
+            native,
+            file: file_path.map(Path::to_owned),
+            state_dir,
+            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            user,
+            allowed_peer_uids: gateway.allowed_peer_uids,
+            listen: gateway.listen,
+            path: gateway.path,
+            allowed_origins: gateway.allowed_origins,
+            backend: gateway.backend,
+            backend_tls: gateway.backend_tls,
+            backend_uid: gateway.backend_uid,
+            when_full: gateway.when_full,
+            web_root: gateway.web_root,
+            max_message_size: gateway.max_message_size,
+            max_sessions: gateway.max_sessions,
+            token_ttl,
+            token_header,
+            control_socket: control.socket,
+            allowed_uids: control.allowed_uids,
+            control_group: control.group,
+            log_level,
+            mint_rate: control.mint_rate,
+        })
+    }
+}
+
+/// Where a value came from, for errors: the file's path, or "command line"
+/// for a flag (and for everything when there is no file).
+struct Source {
+    file: String,
+}
+
+impl Source {
+    fn of(path: Option<&Path>) -> Self {
+        Source {
+            file: path.map(|p| p.display().to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// `key` from a flag (`from_flag`) or the file is invalid: `message`.
+    fn invalid(&self, from_flag: bool, key: &'static str, message: String) -> ConfigError {
+        let origin = if from_flag || self.file.is_empty() {
+            "command line".to_owned()
+        } else {
+            self.file.clone()
+        };
+        ConfigError::Invalid {
+            origin,
+            key,
+            message,
+        }
+    }
+}
+
+/// `serve`'s flags that override `[gateway]`.
+struct GatewayFlags {
+    listen: Option<String>,
+    origins: Vec<String>,
+    backend: Option<String>,
+}
+
+/// `[gateway]` (and `[backend_tls]`, which only a backend uses), resolved.
+struct GatewayParts {
+    listen: SocketAddr,
+    path: String,
+    allowed_origins: Option<Vec<Origin>>,
+    backend: BackendSpec,
+    backend_tls: Option<BackendTlsConfig>,
+    backend_uid: Option<u32>,
+    when_full: WhenFull,
+    web_root: Option<PathBuf>,
+    max_message_size: usize,
+    max_sessions: usize,
+    allowed_peer_uids: Option<Vec<u32>>,
+    auth: GatewayAuth,
+}
+
+impl GatewayParts {
+    fn resolve(
+        src: &Source,
+        flags: GatewayFlags,
+        gw: GatewaySection,
+        tls: Option<BackendTlsSection>,
+    ) -> Result<Self, ConfigError> {
+        let listen = match flags.listen {
             Some(text) => {
-                ListenAddr::try_from(text).map_err(|e| invalid(true, e.key, e.message))?
+                ListenAddr::try_from(text).map_err(|e| src.invalid(true, e.key, e.message))?
             }
-            None => file.gateway.listen.unwrap_or(ListenAddr::DEFAULT),
+            None => gw.listen.unwrap_or(ListenAddr::DEFAULT),
         }
         .get();
 
-        let path = file.gateway.path.unwrap_or_else(|| DEFAULT_PATH.into());
+        let path = gw.path.unwrap_or_else(|| DEFAULT_PATH.into());
         if !path.starts_with('/') || path == "/" || path.contains(['?', '#', ' ']) {
-            return Err(invalid(
+            return Err(src.invalid(
                 false,
                 "path",
                 format!(
@@ -859,16 +970,16 @@ impl Config {
             ));
         }
 
-        let origins_flag = !o.origins.is_empty();
+        let origins_flag = !flags.origins.is_empty();
         let origin_texts = if origins_flag {
-            Some(o.origins)
+            Some(flags.origins)
         } else {
-            file.gateway.allowed_origins
+            gw.allowed_origins
         };
         let allowed_origins = match origin_texts {
             None => None,
             Some(list) if list.is_empty() => {
-                return Err(invalid(
+                return Err(src.invalid(
                     origins_flag,
                     "allowed_origins",
                     "must not be empty".into(),
@@ -878,32 +989,32 @@ impl Config {
                 list.into_iter()
                     .map(Origin::try_from)
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|m| invalid(origins_flag, "allowed_origins", m))?,
+                    .map_err(|m| src.invalid(origins_flag, "allowed_origins", m))?,
             ),
         };
 
-        let backend_flag = o.backend.is_some();
-        let backend_text = o
+        let backend_flag = flags.backend.is_some();
+        let backend_text = flags
             .backend
-            .or(file.gateway.backend)
+            .or(gw.backend)
             .unwrap_or_else(|| "demo".into());
         let backend =
-            parse_backend(&backend_text).map_err(|m| invalid(backend_flag, "backend", m))?;
-        let backend_tls = resolve_backend_tls(&backend, file.backend_tls)
-            .map_err(|(key, m)| invalid(backend_flag && key == "backend", key, m))?;
-        let backend_uid = file.gateway.backend_uid;
+            parse_backend(&backend_text).map_err(|m| src.invalid(backend_flag, "backend", m))?;
+        let backend_tls = resolve_backend_tls(&backend, tls)
+            .map_err(|(key, m)| src.invalid(backend_flag && key == "backend", key, m))?;
+        let backend_uid = gw.backend_uid;
         if backend_uid.is_some() && backend == BackendSpec::Demo {
-            return Err(invalid(
+            return Err(src.invalid(
                 false,
                 "backend_uid",
                 "the demo backend runs inside screengate; backend_uid is for unix:, ws:// and wss:// backends".into(),
             ));
         }
-        let when_full = match file.gateway.when_full.as_deref() {
+        let when_full = match gw.when_full.as_deref() {
             None | Some("refuse") => WhenFull::Refuse,
             Some("replace_oldest") => WhenFull::ReplaceOldest,
             Some(other) => {
-                return Err(invalid(
+                return Err(src.invalid(
                     false,
                     "when_full",
                     format!("`{other}` is not refuse or replace_oldest"),
@@ -911,195 +1022,53 @@ impl Config {
             }
         };
 
-        let max_message_size = file.gateway.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE);
+        let max_message_size = gw.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE);
         if !(1024..=MAX_MAX_MESSAGE).contains(&max_message_size) {
-            return Err(invalid(
+            return Err(src.invalid(
                 false,
                 "max_message_size",
                 format!("{max_message_size} is outside 1024..={MAX_MAX_MESSAGE} bytes"),
             ));
         }
-        let max_sessions = file.gateway.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+        let max_sessions = gw.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
         if !(1..=1024).contains(&max_sessions) {
-            return Err(invalid(
+            return Err(src.invalid(
                 false,
                 "max_sessions",
                 format!("{max_sessions} is outside 1..=1024"),
             ));
         }
 
-        let token_ttl = match o.token_ttl {
-            Some(text) => Ttl::try_from(text)
-                .map_err(|e| invalid(true, e.key, e.message))?
-                .get(),
-            None => file.tokens.ttl.map_or(DEFAULT_TTL, Ttl::get),
-        };
-
-        let header_text = file
-            .tokens
-            .header
-            .unwrap_or_else(|| DEFAULT_TOKEN_HEADER.into());
-        let token_header =
-            parse_token_header(&header_text).map_err(|m| invalid(false, "header", m))?;
-
-        let control_socket = o
-            .control
-            .or(file.control.socket)
-            .unwrap_or_else(|| state_dir.join("control.sock"));
-        if control_socket.as_os_str().len() > 100 {
-            return Err(invalid(
-                false,
-                "socket",
-                format!(
-                    "`{}` is longer than a Unix socket path may be",
-                    control_socket.display()
-                ),
-            ));
-        }
-        let uids_flag = !o.allow_uids.is_empty();
-        let allowed_uids = if uids_flag {
-            Some(o.allow_uids)
-        } else {
-            file.control.allowed_uids
-        };
-        if allowed_uids.as_ref().is_some_and(|u| u.is_empty()) {
-            return Err(invalid(
-                uids_flag,
-                "allowed_uids",
-                "must not be empty (nobody could mint)".into(),
-            ));
-        }
-        let allowed_peer_uids = file.gateway.allowed_peer_uids;
+        let allowed_peer_uids = gw.allowed_peer_uids;
         if allowed_peer_uids.as_ref().is_some_and(|u| u.is_empty()) {
-            return Err(invalid(
+            return Err(src.invalid(
                 false,
                 "allowed_peer_uids",
                 "must not be empty (no display could connect); leave it out to allow the uids that may mint".into(),
             ));
         }
-        if let Some(g) = &file.control.group
-            && g.is_empty()
-        {
-            return Err(invalid(false, "group", "must not be empty".into()));
-        }
 
-        let rate = |key: &'static str, v: Option<u32>, default: u32| match v {
-            None => Ok(default),
-            Some(n) if (1..=MAX_MINT_RATE).contains(&n) => Ok(n),
-            Some(n) => Err(invalid(
-                false,
-                key,
-                format!("{n} is not between 1 and {MAX_MINT_RATE}"),
-            )),
-        };
-        let defaults = MintRate::default();
-        let mint_rate = MintRate {
-            burst: rate("mint_burst", file.control.mint_burst, defaults.burst)?,
-            per_sec: rate(
-                "mint_rate_per_sec",
-                file.control.mint_rate_per_sec,
-                defaults.per_sec,
-            )?,
-        };
-        let log_level = match file.log_level.as_deref() {
-            None => None,
-            Some(l @ ("error" | "warn" | "info" | "debug" | "trace")) => l.parse().ok(),
-            Some(other) => {
-                return Err(invalid(
-                    false,
-                    "log_level",
-                    format!("`{other}` is not error, warn, info, debug or trace"),
-                ));
-            }
-        };
-
-        let gateway_client_auth = match file.gateway.client_auth.as_deref() {
+        let client_auth = match gw.client_auth.as_deref() {
             None | Some("none") => false,
             Some("pinned") => true,
             Some(other) => {
-                return Err(invalid(
+                return Err(src.invalid(
                     false,
                     "client_auth",
                     format!("`{other}` is not none or pinned"),
                 ));
             }
         };
-        let gateway_require_token = file.gateway.require_token.unwrap_or(true);
-        let gateway_auth = GatewayAuth::new(gateway_client_auth, gateway_require_token)
-            .ok_or_else(|| {
-                invalid(
-                    false,
-                    "require_token",
-                    "tokens can only be turned off together with client_auth = \"pinned\"".into(),
-                )
-            })?;
+        let require_token = gw.require_token.unwrap_or(true);
+        let auth = GatewayAuth::new(client_auth, require_token).ok_or_else(|| {
+            src.invalid(
+                false,
+                "require_token",
+                "tokens can only be turned off together with client_auth = \"pinned\"".into(),
+            )
+        })?;
 
-        let native_socket = o.native_socket.or(file.native.socket);
-        let native = match native_socket {
-            None => None,
-            Some(socket) => {
-                let tls_flag = o.native_tls.is_some();
-                let tls: NativeTls = o
-                    .native_tls
-                    .or(file.native.tls)
-                    .unwrap_or_else(|| "server".into())
-                    .parse()
-                    .map_err(|m| invalid(tls_flag, "tls", m))?;
-                let uids_flag = !o.native_allow_uids.is_empty();
-                let allowed = if uids_flag {
-                    Some(o.native_allow_uids)
-                } else {
-                    file.native.allowed_uids
-                };
-                if allowed.as_ref().is_some_and(|u| u.is_empty()) {
-                    return Err(invalid(
-                        uids_flag,
-                        "allowed_uids",
-                        "must not be empty".into(),
-                    ));
-                }
-                if socket.as_os_str().len() > 100 {
-                    return Err(invalid(
-                        false,
-                        "socket",
-                        "path longer than a Unix socket path may be".into(),
-                    ));
-                }
-                if socket == control_socket {
-                    return Err(invalid(
-                        false,
-                        "socket",
-                        "the native socket must differ from the control socket".into(),
-                    ));
-                }
-                let require_token = o
-                    .native_require_token
-                    .or(file.native.require_token)
-                    .unwrap_or(tls != NativeTls::Mutual);
-                let auth = NativeAuth::new(tls, require_token).ok_or_else(|| {
-                    invalid(
-                        false,
-                        "require_token",
-                        "tokens can only be turned off with tls = \"mutual\"".into(),
-                    )
-                })?;
-                Some(NativeConfig {
-                    socket,
-                    allowed_uids: allowed,
-                    group: file.native.group,
-                    auth,
-                })
-            }
-        };
-
-        Ok(Config {
-            gateway_auth,
-            native,
-            file: file_path.map(Path::to_owned),
-            state_dir,
-            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
-            user,
-            allowed_peer_uids,
+        Ok(GatewayParts {
             listen,
             path,
             allowed_origins,
@@ -1107,18 +1076,189 @@ impl Config {
             backend_tls,
             backend_uid,
             when_full,
-            web_root: file.gateway.web_root,
+            web_root: gw.web_root,
             max_message_size,
             max_sessions,
-            token_ttl,
-            token_header,
-            control_socket,
+            allowed_peer_uids,
+            auth,
+        })
+    }
+}
+
+/// `[tokens]`: the TTL (flag first) and the header name.
+fn resolve_tokens(
+    src: &Source,
+    ttl_flag: Option<String>,
+    tokens: TokensSection,
+) -> Result<(Duration, HeaderName), ConfigError> {
+    let token_ttl = match ttl_flag {
+        Some(text) => Ttl::try_from(text)
+            .map_err(|e| src.invalid(true, e.key, e.message))?
+            .get(),
+        None => tokens.ttl.map_or(DEFAULT_TTL, Ttl::get),
+    };
+    let header_text = tokens.header.unwrap_or_else(|| DEFAULT_TOKEN_HEADER.into());
+    let token_header =
+        parse_token_header(&header_text).map_err(|m| src.invalid(false, "header", m))?;
+    Ok((token_ttl, token_header))
+}
+
+/// `[control]`, resolved.
+struct ControlParts {
+    socket: PathBuf,
+    allowed_uids: Option<Vec<u32>>,
+    group: Option<String>,
+    mint_rate: MintRate,
+}
+
+impl ControlParts {
+    fn resolve(
+        src: &Source,
+        socket_flag: Option<PathBuf>,
+        uids_flag: Vec<u32>,
+        control: ControlSection,
+        state_dir: &Path,
+    ) -> Result<Self, ConfigError> {
+        let socket = socket_flag
+            .or(control.socket)
+            .unwrap_or_else(|| state_dir.join("control.sock"));
+        if socket.as_os_str().len() > 100 {
+            return Err(src.invalid(
+                false,
+                "socket",
+                format!(
+                    "`{}` is longer than a Unix socket path may be",
+                    socket.display()
+                ),
+            ));
+        }
+        let from_flag = !uids_flag.is_empty();
+        let allowed_uids = if from_flag {
+            Some(uids_flag)
+        } else {
+            control.allowed_uids
+        };
+        if allowed_uids.as_ref().is_some_and(|u| u.is_empty()) {
+            return Err(src.invalid(
+                from_flag,
+                "allowed_uids",
+                "must not be empty (nobody could mint)".into(),
+            ));
+        }
+        if let Some(g) = &control.group
+            && g.is_empty()
+        {
+            return Err(src.invalid(false, "group", "must not be empty".into()));
+        }
+        let rate = |key: &'static str, v: Option<u32>, default: u32| match v {
+            None => Ok(default),
+            Some(n) if (1..=MAX_MINT_RATE).contains(&n) => Ok(n),
+            Some(n) => Err(src.invalid(
+                false,
+                key,
+                format!("{n} is not between 1 and {MAX_MINT_RATE}"),
+            )),
+        };
+        let defaults = MintRate::default();
+        let mint_rate = MintRate {
+            burst: rate("mint_burst", control.mint_burst, defaults.burst)?,
+            per_sec: rate(
+                "mint_rate_per_sec",
+                control.mint_rate_per_sec,
+                defaults.per_sec,
+            )?,
+        };
+        Ok(ControlParts {
+            socket,
             allowed_uids,
-            control_group: file.control.group,
-            log_level,
+            group: control.group,
             mint_rate,
         })
     }
+}
+
+/// `log_level`: one of the five names, or absent.
+fn resolve_log_level(
+    src: &Source,
+    level: Option<&str>,
+) -> Result<Option<tracing::level_filters::LevelFilter>, ConfigError> {
+    match level {
+        None => Ok(None),
+        Some(l @ ("error" | "warn" | "info" | "debug" | "trace")) => Ok(l.parse().ok()),
+        Some(other) => Err(src.invalid(
+            false,
+            "log_level",
+            format!("`{other}` is not error, warn, info, debug or trace"),
+        )),
+    }
+}
+
+/// `serve`'s flags that override `[native]`.
+struct NativeFlags {
+    socket: Option<PathBuf>,
+    tls: Option<String>,
+    allow_uids: Vec<u32>,
+    require_token: Option<bool>,
+}
+
+/// `[native]`: `None` without a socket; the socket must differ from the
+/// control socket.
+fn resolve_native(
+    src: &Source,
+    flags: NativeFlags,
+    native: NativeSection,
+    control_socket: &Path,
+) -> Result<Option<NativeConfig>, ConfigError> {
+    let Some(socket) = flags.socket.or(native.socket) else {
+        return Ok(None);
+    };
+    let tls_flag = flags.tls.is_some();
+    let tls: NativeTls = flags
+        .tls
+        .or(native.tls)
+        .unwrap_or_else(|| "server".into())
+        .parse()
+        .map_err(|m| src.invalid(tls_flag, "tls", m))?;
+    let uids_flag = !flags.allow_uids.is_empty();
+    let allowed = if uids_flag {
+        Some(flags.allow_uids)
+    } else {
+        native.allowed_uids
+    };
+    if allowed.as_ref().is_some_and(|u| u.is_empty()) {
+        return Err(src.invalid(uids_flag, "allowed_uids", "must not be empty".into()));
+    }
+    if socket.as_os_str().len() > 100 {
+        return Err(src.invalid(
+            false,
+            "socket",
+            "path longer than a Unix socket path may be".into(),
+        ));
+    }
+    if socket == control_socket {
+        return Err(src.invalid(
+            false,
+            "socket",
+            "the native socket must differ from the control socket".into(),
+        ));
+    }
+    let require_token = flags
+        .require_token
+        .or(native.require_token)
+        .unwrap_or(tls != NativeTls::Mutual);
+    let auth = NativeAuth::new(tls, require_token).ok_or_else(|| {
+        src.invalid(
+            false,
+            "require_token",
+            "tokens can only be turned off with tls = \"mutual\"".into(),
+        )
+    })?;
+    Ok(Some(NativeConfig {
+        socket,
+        allowed_uids: allowed,
+        group: native.group,
+        auth,
+    }))
 }
 
 /// An allowed `Origin`, parsed: `http(s)://host[:port]` exactly as a
