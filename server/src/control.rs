@@ -20,7 +20,10 @@ use tokio::sync::Semaphore;
 
 use crate::audit;
 use crate::config::MintRate;
-use crate::limits::{CONTROL_IDLE_TIMEOUT, MAX_CONTROL_CONNECTIONS, MAX_CONTROL_LINE, WRITE_STALL};
+use crate::limits::{
+    CONTROL_IDLE_TIMEOUT, MAX_CONTROL_CONNECTIONS, MAX_CONTROL_LINE, MAX_CONTROL_PER_UID,
+    WRITE_STALL,
+};
 use crate::state::Shared;
 
 /// Per-uid token buckets for minting.
@@ -58,8 +61,47 @@ impl RateLimiter {
     }
 }
 
+/// Open control connections per uid ([`MAX_CONTROL_PER_UID`]).
+#[derive(Default)]
+struct PerUid(std::sync::Mutex<HashMap<u32, usize>>);
+
+/// One connection's place in [`PerUid`], given back on drop.
+struct UidSlot {
+    table: Arc<PerUid>,
+    uid: u32,
+}
+
+impl PerUid {
+    /// A place for one more connection of `uid`, or `None` at the cap.
+    fn take(table: &Arc<PerUid>, uid: u32) -> Option<UidSlot> {
+        let mut t = table.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = t.entry(uid).or_insert(0);
+        if *n >= MAX_CONTROL_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(UidSlot {
+            table: table.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = t.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.remove(&self.uid);
+            }
+        }
+    }
+}
+
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
     let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let per_uid = Arc::new(PerUid::default());
     let mut shutdown = shared.shutdown.clone();
     loop {
         let permit = tokio::select! {
@@ -78,9 +120,31 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
                 }
             },
         };
+        // The kernel's word on who connected, before anything is read: a
+        // uid at its cap is closed at once and holds no slot.
+        let uid_slot = match stream.peer_cred() {
+            Ok(c) => match PerUid::take(&per_uid, c.uid()) {
+                Some(s) => s,
+                None => {
+                    audit!(
+                        warn,
+                        event = "control_rejected",
+                        reason = "too_many_connections",
+                        uid = c.uid(),
+                        pid = c.pid()
+                    );
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "control peer credentials unavailable; closing");
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             handle(shared, stream).await;
+            drop(uid_slot);
             drop(permit);
         });
     }

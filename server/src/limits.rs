@@ -49,6 +49,12 @@ pub const MAX_CONTROL_LINE: usize = screengate_control::MAX_REQUEST_LINE;
 pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Control connections open at once; more wait in the kernel backlog.
 pub const MAX_CONTROL_CONNECTIONS: usize = 64;
+/// Control connections one uid may hold at once. A client needs one at a
+/// time (the launcher mints, revokes, mints); the cap keeps any one uid
+/// that can reach the socket (an allowed display, a group member, the
+/// service user) from holding every slot of [`MAX_CONTROL_CONNECTIONS`]
+/// with idle connections and so starving the display's mint.
+pub const MAX_CONTROL_PER_UID: usize = 8;
 /// Mint burst allowed per uid, unless `[control] mint_burst` says otherwise.
 pub const MINT_BURST: u32 = 20;
 /// Mints per second per uid, sustained, unless `[control] mint_rate_per_sec`

@@ -202,3 +202,44 @@ async fn every_reply_of_the_real_server_parses_as_its_type() {
     let r = request(&other.control, &ControlRequest::Mint(Channel::Display)).await;
     assert_eq!(r.unwrap(), Reply::Refused(Refusal::NotAuthorized));
 }
+
+#[tokio::test]
+async fn one_uid_holds_at_most_its_share_of_control_connections() {
+    use std::time::{Duration, Instant};
+    let s = start().await;
+    // A uid's idle connections up to the cap stay open…
+    let mut held = Vec::new();
+    for _ in 0..screengate_server::MAX_CONTROL_PER_UID {
+        held.push(tokio::net::UnixStream::connect(&s.control).await.unwrap());
+    }
+    // …the next one is closed at once, with no reply and no slot held.
+    let mut extra = tokio::net::UnixStream::connect(&s.control).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the connection over the cap was not closed within 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a reply came on the connection over the cap");
+    // The held ones still serve.
+    let (rd, mut wr) = held.remove(0).into_split();
+    wr.write_all(b"{\"op\":\"mint\",\"channel\":\"display\"}\n")
+        .await
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(rd).read_line(&mut line).await.unwrap();
+    assert!(line.contains("\"ok\":true"), "{line}");
+    drop(wr);
+    // With one given back, a new connection mints again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = control(&s.control, r#"{"op":"mint","channel":"display"}"#).await;
+        if v.as_ref().is_ok_and(|v| v["ok"] == true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mint after a slot was freed: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

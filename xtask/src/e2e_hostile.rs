@@ -284,7 +284,9 @@ async fn mint_burst(fx: &Fx) -> R {
     let ok = Arc::new(AtomicU64::new(0));
     let limited = Arc::new(AtomicU64::new(0));
     let other = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..20)
+    // As many connections as one uid may hold (the server's
+    // MAX_CONTROL_PER_UID, 8), 1,250 requests each.
+    let tasks: Vec<_> = (0..8)
         .map(|_| {
             let (ok, limited, other) = (ok.clone(), limited.clone(), other.clone());
             let control = fx.main.control.clone();
@@ -294,7 +296,7 @@ async fn mint_burst(fx: &Fx) -> R {
                 };
                 let (rd, mut wr) = s.into_split();
                 let mut rd = tokio::io::BufReader::new(rd);
-                for _ in 0..500 {
+                for _ in 0..1_250 {
                     if wr.write_all(b"{\"op\":\"mint\"}\n").await.is_err() {
                         return;
                     }
