@@ -163,17 +163,9 @@ async fn kill_loop(fx: &Fx) -> R {
         }
         // now and then a server start on it, serving the same pin
         if i % 30 == 7 {
-            let log = fx.base.join(format!("rotate-kill-{i}.log"));
-            fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
             let control = fx.base.join("run/rotate-kill/c.sock");
-            let mut s = ServerProc::start(
-                &fx.bin,
-                &dir,
-                &control,
-                &log,
-                &["--user", &u.user, "--allow-uid", "0"],
-            )
-            .map_err(|e| at(format!("server start: {e:#}")))?;
+            let mut s = server_on(fx, &dir, &control, &format!("rotate-kill-{i}"))
+                .map_err(|e| at(format!("server start: {e}")))?;
             let served = port_and_pin(&control).await.map(|(_, p)| p.to_string());
             let _ = s.terminate(Duration::from_secs(5));
             let served = served.map_err(at)?;
@@ -272,17 +264,8 @@ async fn reset(fx: &Fx) -> R {
         .map_err(|e| e.to_string())?;
     refused(&o, "mode 0750", "chmod 700", EX_NOPERM)?;
     // one a server is running on
-    let log = fx.base.join("reset-running.log");
-    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
     let control = fx.base.join("run/reset/c.sock");
-    let mut s = ServerProc::start(
-        &fx.bin,
-        &dir,
-        &control,
-        &log,
-        &["--user", &u.user, "--allow-uid", "0"],
-    )
-    .map_err(|e| format!("{e:#}"))?;
+    let mut s = server_on(fx, &dir, &control, "reset-running")?;
     let o = reset_as_svc(fx, &dir)?;
     let still = port_and_pin(&control).await;
     let _ = s.terminate(Duration::from_secs(5));
@@ -342,4 +325,20 @@ async fn reset(fx: &Fx) -> R {
         "      (missing, foreign, loose and busy dirs refused with 64; 4 planted links unlinked, targets intact; new pins after init)"
     );
     Ok(())
+}
+
+/// A server on `dir` as the service user, root allowed to mint, logging to
+/// `NAME.log` (kept for the audit-log case).
+fn server_on(fx: &Fx, dir: &Path, control: &Path, name: &str) -> Result<ServerProc, String> {
+    let u = svc(fx)?;
+    let log = fx.base.join(format!("{name}.log"));
+    fx.logs.lock().map_err(|e| e.to_string())?.push(log.clone());
+    ServerProc::start(
+        &fx.bin,
+        dir,
+        control,
+        &log,
+        &["--user", &u.user, "--allow-uid", "0"],
+    )
+    .map_err(|e| format!("{e:#}"))
 }

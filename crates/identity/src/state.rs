@@ -712,6 +712,25 @@ mod tests {
     /// directory order: creation order on btrfs, on ext4 without
     /// dir_index), its certificates not yet. Those parse and match; only
     /// the generation check after the read stops the zero key.
+    /// The five identity files in `dir`, with the modes a writer gives
+    /// them, ready for `generation::write` (through [`as_parts`]).
+    fn identity_files(dir: &Path) -> Vec<(&'static str, Vec<u8>, u32)> {
+        FILES
+            .iter()
+            .map(|n| {
+                let mode = if n.ends_with(".crt") { 0o644 } else { 0o600 };
+                (*n, std::fs::read(dir.join(n)).unwrap(), mode)
+            })
+            .collect()
+    }
+
+    fn as_parts<'a>(files: &'a [(&'static str, Vec<u8>, u32)]) -> Vec<generation::Part<'a>> {
+        files
+            .iter()
+            .map(|(n, b, m)| (*n, b.as_slice(), *m))
+            .collect()
+    }
+
     #[test]
     fn a_read_overlapping_a_rotate_never_returns_a_half_removed_identity() {
         use std::io::Write as _;
@@ -720,18 +739,8 @@ mod tests {
         let other = StateDir::new(t.path().join("other"), None);
         other.init(false).unwrap();
         let theirs = other.load().unwrap();
-        let of = other.files().unwrap();
-        let bytes: Vec<(&'static str, Vec<u8>, u32)> = FILES
-            .iter()
-            .map(|n| {
-                let mode = if n.ends_with(".crt") { 0o644 } else { 0o600 };
-                (*n, std::fs::read(of.file(n)).unwrap(), mode)
-            })
-            .collect();
-        let parts: Vec<generation::Part<'_>> = bytes
-            .iter()
-            .map(|(n, b, m)| (*n, b.as_slice(), *m))
-            .collect();
+        let bytes = identity_files(&other.files().unwrap().dir);
+        let parts = as_parts(&bytes);
         let mut reads = 0;
         let id = s
             .settled(|files| {
@@ -909,18 +918,8 @@ mod tests {
         let other = fresh();
         other.1.init(false).unwrap();
         let new_pins = pins(&other.1);
-        let src = other.1.files().unwrap().dir;
-        let parts: Vec<(&'static str, Vec<u8>, u32)> = FILES
-            .iter()
-            .map(|n| {
-                let mode = if n.ends_with(".crt") { 0o644 } else { 0o600 };
-                (*n, std::fs::read(src.join(n)).unwrap(), mode)
-            })
-            .collect();
-        let refs: Vec<generation::Part<'_>> = parts
-            .iter()
-            .map(|(n, d, m)| (*n, d.as_slice(), *m))
-            .collect();
+        let parts = identity_files(&other.1.files().unwrap().dir);
+        let refs = as_parts(&parts);
         let g = generation::write(s.path(), &refs).unwrap();
         generation::switch(s.path(), &g).unwrap();
         // killed here: both generations on disk, the new one in force
